@@ -1,0 +1,134 @@
+//! Prometheus metrics: one [`Registry`] per broker instance (several brokers can share a test
+//! process). Handles are resolved once at start; the hot path only increments.
+
+use std::time::Duration;
+
+use ferry_protocol::ApiKey;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::replication::RaftNumbers;
+
+/// Every metric a broker exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Records accepted by produce (after commit).
+    pub messages_in: IntCounter,
+    /// Batch bytes accepted by produce.
+    pub bytes_in: IntCounter,
+    /// Records returned by fetch (counted per batch's records).
+    pub messages_out: IntCounter,
+    /// Batch bytes returned by fetch.
+    pub bytes_out: IntCounter,
+    request_duration: Vec<Histogram>,
+    request_errors: Vec<IntCounter>,
+    /// Open client connections.
+    pub connections: IntGauge,
+    raft_term: IntGauge,
+    raft_commit_index: IntGauge,
+    raft_applied_index: IntGauge,
+    raft_last_log_index: IntGauge,
+    raft_has_leader: IntGauge,
+    raft_is_leader: IntGauge,
+    /// Times the known leader changed.
+    pub raft_leader_changes: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a new registry.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::with_opts(Opts::new(name, help))?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "ferry_request_duration_seconds",
+                "Time from a request's arrival to its response, by operation.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["operation"],
+        )?;
+        registry.register(Box::new(durations.clone()))?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "ferry_request_errors_total",
+                "Requests answered with an error, by operation.",
+            ),
+            &["operation"],
+        )?;
+        registry.register(Box::new(errors.clone()))?;
+        let request_duration =
+            ApiKey::ALL.iter().map(|k| durations.with_label_values(&[k.name()])).collect();
+        let request_errors =
+            ApiKey::ALL.iter().map(|k| errors.with_label_values(&[k.name()])).collect();
+        Ok(Metrics {
+            messages_in: counter("ferry_messages_in_total", "Messages appended by produce.")?,
+            bytes_in: counter("ferry_bytes_in_total", "Record-batch bytes appended by produce.")?,
+            messages_out: counter("ferry_messages_out_total", "Messages served by fetch.")?,
+            bytes_out: counter("ferry_bytes_out_total", "Record-batch bytes served by fetch.")?,
+            request_duration,
+            request_errors,
+            connections: gauge("ferry_connections", "Open client and peer connections.")?,
+            raft_term: gauge("ferry_raft_term", "Current Raft term.")?,
+            raft_commit_index: gauge(
+                "ferry_raft_commit_index",
+                "Highest log index known committed (followers: applied index, a lower bound).",
+            )?,
+            raft_applied_index: gauge("ferry_raft_applied_index", "Last log index applied.")?,
+            raft_last_log_index: gauge("ferry_raft_last_log_index", "Last log index stored.")?,
+            raft_has_leader: gauge("ferry_raft_has_leader", "1 when a leader is known.")?,
+            raft_is_leader: gauge("ferry_raft_is_leader", "1 when this node is the leader.")?,
+            raft_leader_changes: counter(
+                "ferry_raft_leader_changes_total",
+                "Times the known leader changed.",
+            )?,
+            registry,
+        })
+    }
+
+    /// Records one request's duration and outcome.
+    pub fn observe(&self, key: ApiKey, elapsed: Duration, failed: bool) {
+        let i = key as usize;
+        if let Some(h) = self.request_duration.get(i) {
+            h.observe(elapsed.as_secs_f64());
+        }
+        if failed {
+            if let Some(c) = self.request_errors.get(i) {
+                c.inc();
+            }
+        }
+    }
+
+    /// Copies the Raft numbers into their gauges.
+    pub fn set_raft(&self, n: &RaftNumbers) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.raft_term.set(g(n.term));
+        self.raft_commit_index.set(g(n.commit_index));
+        self.raft_applied_index.set(g(n.applied_index));
+        self.raft_last_log_index.set(g(n.last_log_index));
+        self.raft_has_leader.set(i64::from(n.leader.is_some()));
+        self.raft_is_leader.set(i64::from(n.is_leader));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,295 @@
+//! openraft's state machine over our [`Applier`]: each `apply` call becomes one atomic state
+//! write (with the last applied log id in the same batch), and snapshots are whole-state exports
+//! in files under `<data_dir>/snapshots`.
+//!
+//! State writes may skip the store's WAL: after a crash the state is a consistent prefix and
+//! openraft re-applies the Raft log from the stored last-applied id. Because of that, a
+//! snapshot flushes the state before it is reported, so the log can be purged behind it.
+
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_storage::{Cf, StateStore, WriteBatch};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+
+use super::codec;
+use super::TypeConfig;
+use crate::state::command::CommandResponse;
+use crate::state::{keys, Applier, Changes, SharedState};
+
+const CURRENT_META: &str = "current.meta";
+const CURRENT_DATA: &str = "current.snap";
+
+/// The state machine openraft drives.
+pub struct StateMachine {
+    applier: Applier,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    snapshot_dir: PathBuf,
+    snapshot_seq: u64,
+}
+
+fn sm_read_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn sm_write_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())).into()
+}
+
+impl StateMachine {
+    /// Opens the state machine over `store`, keeping snapshot files in `snapshot_dir`.
+    pub fn open(store: Arc<dyn StateStore>, snapshot_dir: &Path) -> anyhow::Result<StateMachine> {
+        std::fs::create_dir_all(snapshot_dir)?;
+        let applier = Applier::open(store.clone())?;
+        let last_applied = match store.get(Cf::State, &keys::APPLIED)? {
+            Some(mut b) => Some(codec::get_log_id(&mut b)?),
+            None => None,
+        };
+        let membership = match store.get(Cf::State, &keys::MEMBERSHIP)? {
+            Some(mut b) => codec::get_stored_membership(&mut b)?,
+            None => StoredMembership::default(),
+        };
+        Ok(StateMachine {
+            applier,
+            last_applied,
+            membership,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            snapshot_seq: 0,
+        })
+    }
+
+    /// The read side for handlers.
+    pub fn shared(&self) -> Arc<SharedState> {
+        self.applier.shared()
+    }
+
+    fn store(&self) -> Arc<dyn StateStore> {
+        self.applier.store().clone()
+    }
+
+    fn read_current_meta(
+        dir: &Path,
+    ) -> Result<Option<SnapshotMeta<u64, BasicNode>>, StorageError<u64>> {
+        let path = dir.join(CURRENT_META);
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_read_err(e)),
+        };
+        let mut bytes = Bytes::from(raw);
+        codec::get_snapshot_meta(&mut bytes).map(Some).map_err(sm_read_err)
+    }
+
+    /// Makes `data` (already complete on disk) the current snapshot described by `meta`:
+    /// data first, then meta, each renamed into place after an fsync.
+    fn commit_snapshot_files(
+        dir: &Path,
+        data: &Path,
+        meta: &SnapshotMeta<u64, BasicNode>,
+    ) -> std::io::Result<()> {
+        std::fs::rename(data, dir.join(CURRENT_DATA))?;
+        let mut buf = BytesMut::new();
+        codec::put_snapshot_meta(&mut buf, meta);
+        let tmp = dir.join("meta.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, dir.join(CURRENT_META))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::new();
+        let mut changes = Changes::default();
+        let mut responses = Vec::new();
+        let mut last = None;
+        let mut membership_changed = false;
+        for entry in entries {
+            last = Some(entry.log_id);
+            let response = match &entry.payload {
+                EntryPayload::Blank => CommandResponse::Done,
+                EntryPayload::Normal(cmd) => self.applier.apply(cmd, &mut batch, &mut changes),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership_changed = true;
+                    CommandResponse::Done
+                }
+            };
+            responses.push(response);
+        }
+        let Some(last) = last else { return Ok(responses) };
+        let mut buf = BytesMut::new();
+        codec::put_log_id(&mut buf, &last);
+        batch.put(Cf::State, keys::APPLIED.to_vec(), buf.freeze());
+        if membership_changed {
+            let mut buf = BytesMut::new();
+            codec::put_stored_membership(&mut buf, &self.membership);
+            batch.put(Cf::State, keys::MEMBERSHIP.to_vec(), buf.freeze());
+        }
+        let store = self.store();
+        tokio::task::spawn_blocking(move || store.write(batch))
+            .await
+            .map_err(sm_write_err)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "state write failed; stopping replica");
+                sm_write_err(e)
+            })?;
+        self.applier.publish(&changes);
+        self.last_applied = Some(last);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        SnapshotBuilder {
+            store: self.store(),
+            dir: self.snapshot_dir.clone(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            seq: self.snapshot_seq,
+            // Taken now, while no apply can run, so the export matches `last_applied`.
+            export: None,
+        }
+        .prepare()
+        .await
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let path = self.snapshot_dir.join("receiving.snap");
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(snap_err)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError<u64>> {
+        let mut file = snapshot.into_std().await;
+        let store = self.store();
+        let dir = self.snapshot_dir.clone();
+        let meta_owned = meta.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            file.sync_all()?;
+            file.rewind()?;
+            let mut reader = std::io::BufReader::new(file);
+            store.import(&mut reader)?;
+            StateMachine::commit_snapshot_files(&dir, &dir.join("receiving.snap"), &meta_owned)?;
+            Ok(())
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
+        self.applier.reload().map_err(snap_err)?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let Some(meta) = Self::read_current_meta(&self.snapshot_dir)? else { return Ok(None) };
+        let file = tokio::fs::File::open(self.snapshot_dir.join(CURRENT_DATA))
+            .await
+            .map_err(sm_read_err)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+/// Builds a snapshot: the state export is taken in [`SnapshotBuilder::prepare`] (while applies
+/// are paused, so it matches the applied id exactly); `build_snapshot` only publishes it.
+pub struct SnapshotBuilder {
+    store: Arc<dyn StateStore>,
+    dir: PathBuf,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    seq: u64,
+    export: Option<Result<PathBuf, String>>,
+}
+
+impl SnapshotBuilder {
+    async fn prepare(mut self) -> Self {
+        let store = self.store.clone();
+        let path = self.dir.join(format!("building-{}.snap", self.seq));
+        let result = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
+            // Flush first: once this snapshot exists the log may be purged behind it, and the
+            // state written without a WAL must not depend on that log any more.
+            store.flush().map_err(|e| e.to_string())?;
+            let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+            let mut out = std::io::BufWriter::new(file);
+            store.export(&mut out).map_err(|e| e.to_string())?;
+            let file = out.into_inner().map_err(|e| e.to_string())?;
+            file.sync_all().map_err(|e| e.to_string())?;
+            Ok(path)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        self.export = Some(result);
+        self
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let path = match self.export.take() {
+            Some(Ok(path)) => path,
+            Some(Err(e)) => return Err(snap_err(e)),
+            None => return Err(snap_err("snapshot export missing")),
+        };
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
+            None => format!("0-0-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let dir = self.dir.clone();
+        let meta_c = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            StateMachine::commit_snapshot_files(&dir, &path, &meta_c)
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
+        let file = tokio::fs::File::open(self.dir.join(CURRENT_DATA)).await.map_err(sm_read_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}

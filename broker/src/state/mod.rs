@@ -1,0 +1,541 @@
+//! The replicated state: topics, partitions and their messages, applied from committed Raft
+//! entries, plus the read side that handlers use (metadata, fetch, long-poll wake-ups).
+//!
+//! Ownership: [`Applier`] is owned by the Raft state-machine worker (one task); it keeps the
+//! authoritative metadata without locks, writes one [`WriteBatch`] per apply call and, once that
+//! write succeeded, publishes what changed to [`SharedState`], which handlers read under a short
+//! `RwLock` section. Apply is deterministic: no clock, no randomness.
+
+pub mod command;
+pub mod keys;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_protocol::messages::{FetchedBatch, PartitionMetadata, TopicMetadata};
+use ferry_protocol::wire::{self, DecodeResult};
+use ferry_protocol::{ErrorCode, Offset, PartitionIndex, RecordBatch};
+use ferry_storage::{Cf, StateStore, StorageError, WriteBatch};
+use tokio::sync::watch;
+
+use self::command::{Command, CommandResponse};
+
+/// Most partitions one topic may have.
+pub const TOPIC_PARTITIONS_MAX: u32 = 1024;
+
+/// Longest topic name.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Checks a topic name: 1..=249 chars of `[A-Za-z0-9._-]`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!("topic name must be 1..={TOPIC_NAME_BYTES_MAX} bytes"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
+        return Err(format!("topic name may only hold [A-Za-z0-9._-], found {c:?}"));
+    }
+    Ok(())
+}
+
+/// A topic's durable description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    /// Leader clock at creation.
+    pub created_ms: u64,
+    /// Global partition ids, by partition index.
+    pub partition_ids: Vec<u32>,
+}
+
+impl TopicRecord {
+    // topic value := created_ms:u64 | count:u32 | partition_id:u32*
+    fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(12 + 4 * self.partition_ids.len());
+        buf.put_u64(self.created_ms);
+        wire::put_array(&mut buf, &self.partition_ids, |b, id| b.put_u32(*id));
+        buf.freeze()
+    }
+
+    fn decode(mut buf: Bytes) -> DecodeResult<TopicRecord> {
+        let created_ms = wire::get_u64(&mut buf, "topic.created_ms")?;
+        let partition_ids = wire::get_array(&mut buf, "topic.partitions", 4, |b| {
+            wire::get_u32(b, "topic.partition_id")
+        })?;
+        Ok(TopicRecord { created_ms, partition_ids })
+    }
+}
+
+/// A partition's durable positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRecord {
+    /// Offset the next record gets (the high watermark: everything below is committed).
+    pub next_offset: u64,
+    /// First offset still stored.
+    pub log_start: u64,
+}
+
+impl PartitionRecord {
+    // partition value := next_offset:u64 | log_start:u64
+    fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(16);
+        buf.put_u64(self.next_offset);
+        buf.put_u64(self.log_start);
+        buf.freeze()
+    }
+
+    fn decode(mut buf: Bytes) -> DecodeResult<PartitionRecord> {
+        Ok(PartitionRecord {
+            next_offset: wire::get_u64(&mut buf, "partition.next_offset")?,
+            log_start: wire::get_u64(&mut buf, "partition.log_start")?,
+        })
+    }
+}
+
+/// Errors on the state's read or apply paths.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store failed: the replica must stop.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Stored bytes did not decode: the replica must stop.
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
+    /// The request names something that does not exist or is out of range.
+    #[error("{message}")]
+    Request {
+        /// Wire code for the client.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StateError {
+    StateError::Corrupt(e.to_string())
+}
+
+/// The authoritative metadata, owned by the applier.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    topics: BTreeMap<String, TopicRecord>,
+    partitions: HashMap<u32, PartitionRecord>,
+    next_partition_id: u32,
+}
+
+impl Meta {
+    /// Loads the metadata from the store.
+    pub fn load(store: &dyn StateStore) -> Result<Meta, StateError> {
+        let mut meta = Meta::default();
+        if let Some(v) = store.get(Cf::State, &keys::NEXT_PARTITION_ID)? {
+            let mut v = v;
+            meta.next_partition_id = wire::get_u32(&mut v, "next_partition_id").map_err(corrupt)?;
+        }
+        let (start, end) = keys::topic_range();
+        for (k, v) in scan_all(store, Cf::State, &start, &end)? {
+            let name = keys::topic_name(&k).map_err(corrupt)?;
+            meta.topics.insert(name, TopicRecord::decode(v).map_err(corrupt)?);
+        }
+        let (start, end) = keys::partition_range();
+        for (k, v) in scan_all(store, Cf::State, &start, &end)? {
+            let id = keys::partition_id_of(&k).map_err(corrupt)?;
+            meta.partitions.insert(id, PartitionRecord::decode(v).map_err(corrupt)?);
+        }
+        Ok(meta)
+    }
+}
+
+fn scan_all(
+    store: &dyn StateStore,
+    cf: Cf,
+    start: &[u8],
+    end: &[u8],
+) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
+    const PAGE: usize = 1024;
+    let mut out = Vec::new();
+    let mut from = start.to_vec();
+    loop {
+        let page = store.scan(cf, &from, end, PAGE)?;
+        let full = page.len() == PAGE;
+        if let Some((last, _)) = page.last() {
+            from = last.to_vec();
+            from.push(0);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// What one apply call changed, to publish after its write succeeded.
+#[derive(Debug, Default)]
+pub struct Changes {
+    topics: Vec<String>,
+    partitions: Vec<u32>,
+}
+
+/// Applies commands to the state. Owned by the Raft state-machine worker.
+pub struct Applier {
+    store: Arc<dyn StateStore>,
+    meta: Meta,
+    shared: Arc<SharedState>,
+}
+
+impl Applier {
+    /// Loads metadata from `store` and publishes it to a fresh [`SharedState`].
+    pub fn open(store: Arc<dyn StateStore>) -> Result<Applier, StateError> {
+        let meta = Meta::load(store.as_ref())?;
+        let shared = Arc::new(SharedState::new(store.clone()));
+        shared.publish_all(&meta);
+        Ok(Applier { store, meta, shared })
+    }
+
+    /// The read side handlers use.
+    pub fn shared(&self) -> Arc<SharedState> {
+        self.shared.clone()
+    }
+
+    /// The store under this state.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Reloads everything from the store (after a snapshot was installed).
+    pub fn reload(&mut self) -> Result<(), StateError> {
+        self.meta = Meta::load(self.store.as_ref())?;
+        self.shared.publish_all(&self.meta);
+        Ok(())
+    }
+
+    /// Applies one command, adding its writes to `batch` and noting what changed.
+    pub fn apply(
+        &mut self,
+        command: &Command,
+        batch: &mut WriteBatch,
+        changes: &mut Changes,
+    ) -> CommandResponse {
+        match command {
+            Command::CreateTopic { name, partitions, created_ms } => {
+                self.create_topic(name, *partitions, *created_ms, batch, changes)
+            }
+            Command::DeleteTopic { name } => self.delete_topic(name, batch, changes),
+            Command::Produce { topic, partition, batch: bytes } => {
+                self.produce(topic, *partition, bytes, batch, changes)
+            }
+        }
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        created_ms: u64,
+        batch: &mut WriteBatch,
+        changes: &mut Changes,
+    ) -> CommandResponse {
+        if self.meta.topics.contains_key(name) {
+            return rejected(ErrorCode::TopicExists, format!("topic {name} already exists"));
+        }
+        if let Err(message) = validate_topic_name(name) {
+            return rejected(ErrorCode::InvalidArgument, message);
+        }
+        if partitions == 0 || partitions > TOPIC_PARTITIONS_MAX {
+            return rejected(
+                ErrorCode::InvalidArgument,
+                format!("partitions must be 1..={TOPIC_PARTITIONS_MAX}"),
+            );
+        }
+        let first = self.meta.next_partition_id;
+        let Some(next) = first.checked_add(partitions) else {
+            return rejected(ErrorCode::InvalidArgument, "partition ids exhausted".into());
+        };
+        let record = TopicRecord { created_ms, partition_ids: (first..next).collect() };
+        for id in first..next {
+            let p = PartitionRecord { next_offset: 0, log_start: 0 };
+            batch.put(Cf::State, keys::partition_key(id).to_vec(), p.encode());
+            self.meta.partitions.insert(id, p);
+            changes.partitions.push(id);
+        }
+        self.meta.next_partition_id = next;
+        batch.put(Cf::State, keys::NEXT_PARTITION_ID.to_vec(), next.to_be_bytes().to_vec());
+        batch.put(Cf::State, keys::topic_key(name), record.encode());
+        self.meta.topics.insert(name.to_string(), record);
+        changes.topics.push(name.to_string());
+        CommandResponse::TopicCreated
+    }
+
+    fn delete_topic(
+        &mut self,
+        name: &str,
+        batch: &mut WriteBatch,
+        changes: &mut Changes,
+    ) -> CommandResponse {
+        let Some(record) = self.meta.topics.remove(name) else {
+            return rejected(ErrorCode::UnknownTopic, format!("unknown topic {name}"));
+        };
+        for id in &record.partition_ids {
+            let (start, end) = keys::message_range(*id);
+            batch.delete_range(Cf::Messages, start.to_vec(), end.to_vec());
+            batch.delete(Cf::State, keys::partition_key(*id).to_vec());
+            self.meta.partitions.remove(id);
+            changes.partitions.push(*id);
+        }
+        batch.delete(Cf::State, keys::topic_key(name));
+        changes.topics.push(name.to_string());
+        CommandResponse::Done
+    }
+
+    fn produce(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        bytes: &Bytes,
+        batch: &mut WriteBatch,
+        changes: &mut Changes,
+    ) -> CommandResponse {
+        let Some(record) = self.meta.topics.get(topic) else {
+            return rejected(ErrorCode::UnknownTopic, format!("unknown topic {topic}"));
+        };
+        let Some(&id) = record.partition_ids.get(partition as usize) else {
+            return rejected(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic} has no partition {partition}"),
+            );
+        };
+        // The handler validated the batch (CRC, structure, count > 0) before proposing; reading
+        // the header again here keeps apply total even if a bad batch reached the log.
+        let count = match RecordBatch::from_trusted(bytes.clone()) {
+            Ok(b) if b.count() > 0 => b.count(),
+            _ => return rejected(ErrorCode::CorruptBatch, "batch header unreadable".into()),
+        };
+        let Some(p) = self.meta.partitions.get_mut(&id) else {
+            return rejected(ErrorCode::UnknownPartition, format!("partition id {id} missing"));
+        };
+        let base = p.next_offset;
+        p.next_offset = base.saturating_add(u64::from(count));
+        batch.put(Cf::Messages, keys::message_key(id, base).to_vec(), bytes.clone());
+        batch.put(Cf::State, keys::partition_key(id).to_vec(), p.encode());
+        changes.partitions.push(id);
+        CommandResponse::Produced { base_offset: Offset(base), count }
+    }
+
+    /// Publishes `changes` to readers. Call only after the batch holding them was written.
+    pub fn publish(&self, changes: &Changes) {
+        self.shared.publish(&self.meta, changes);
+    }
+}
+
+fn rejected(code: ErrorCode, message: String) -> CommandResponse {
+    CommandResponse::Rejected { code, message }
+}
+
+struct PartitionView {
+    log_start: u64,
+    /// Carries the high watermark; fetchers park on it.
+    high_watermark: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct ReadIndex {
+    topics: BTreeMap<String, TopicRecord>,
+    partitions: HashMap<u32, PartitionView>,
+}
+
+/// The read side of the state, shared by every handler.
+pub struct SharedState {
+    store: Arc<dyn StateStore>,
+    index: RwLock<ReadIndex>,
+}
+
+/// A resolved partition ready to read.
+pub struct PartitionHandle {
+    id: u32,
+    log_start: u64,
+    high_watermark: watch::Receiver<u64>,
+}
+
+impl PartitionHandle {
+    /// Offset the next record will get.
+    pub fn high_watermark(&self) -> Offset {
+        Offset(*self.high_watermark.borrow())
+    }
+
+    /// First offset stored.
+    pub fn log_start(&self) -> Offset {
+        Offset(self.log_start)
+    }
+
+    /// Waits until the high watermark passes `offset`. Returns false if the partition was
+    /// deleted while waiting.
+    pub async fn wait_beyond(&mut self, offset: Offset) -> bool {
+        self.high_watermark.wait_for(|hw| *hw > offset.0).await.is_ok()
+    }
+}
+
+impl SharedState {
+    fn new(store: Arc<dyn StateStore>) -> Self {
+        SharedState { store, index: RwLock::new(ReadIndex::default()) }
+    }
+
+    fn publish_all(&self, meta: &Meta) {
+        let Ok(mut index) = self.index.write() else { return };
+        index.topics = meta.topics.clone();
+        index.partitions.retain(|id, _| meta.partitions.contains_key(id));
+        for (id, p) in &meta.partitions {
+            match index.partitions.get_mut(id) {
+                Some(view) => {
+                    view.log_start = p.log_start;
+                    view.high_watermark.send_replace(p.next_offset);
+                }
+                None => {
+                    let (tx, _) = watch::channel(p.next_offset);
+                    index
+                        .partitions
+                        .insert(*id, PartitionView { log_start: p.log_start, high_watermark: tx });
+                }
+            }
+        }
+    }
+
+    fn publish(&self, meta: &Meta, changes: &Changes) {
+        let Ok(mut index) = self.index.write() else { return };
+        for name in &changes.topics {
+            match meta.topics.get(name) {
+                Some(t) => index.topics.insert(name.clone(), t.clone()),
+                None => index.topics.remove(name),
+            };
+        }
+        for id in &changes.partitions {
+            match meta.partitions.get(id) {
+                Some(p) => match index.partitions.get_mut(id) {
+                    Some(view) => {
+                        view.log_start = p.log_start;
+                        view.high_watermark.send_if_modified(|hw| {
+                            let moved = *hw != p.next_offset;
+                            *hw = p.next_offset;
+                            moved
+                        });
+                    }
+                    None => {
+                        let (tx, _) = watch::channel(p.next_offset);
+                        index.partitions.insert(
+                            *id,
+                            PartitionView { log_start: p.log_start, high_watermark: tx },
+                        );
+                    }
+                },
+                // Dropping the sender wakes parked fetchers, which then see the topic is gone.
+                None => {
+                    index.partitions.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Resolves `topic`/`partition` for reading.
+    pub fn partition(
+        &self,
+        topic: &str,
+        partition: PartitionIndex,
+    ) -> Result<PartitionHandle, StateError> {
+        let index = self.index.read().map_err(|_| corrupt("index lock poisoned"))?;
+        let record = index.topics.get(topic).ok_or_else(|| StateError::Request {
+            code: ErrorCode::UnknownTopic,
+            message: format!("unknown topic {topic}"),
+        })?;
+        let id =
+            *record.partition_ids.get(partition.0 as usize).ok_or_else(|| StateError::Request {
+                code: ErrorCode::UnknownPartition,
+                message: format!("topic {topic} has no partition {partition}"),
+            })?;
+        let view = index.partitions.get(&id).ok_or_else(|| corrupt("partition view missing"))?;
+        Ok(PartitionHandle {
+            id,
+            log_start: view.log_start,
+            high_watermark: view.high_watermark.subscribe(),
+        })
+    }
+
+    /// Metadata of the named topics (all when `names` is empty), in name order.
+    pub fn topics(&self, names: &[String]) -> Result<Vec<TopicMetadata>, StateError> {
+        let index = self.index.read().map_err(|_| corrupt("index lock poisoned"))?;
+        let describe = |name: &String, t: &TopicRecord| TopicMetadata {
+            name: name.clone(),
+            created_ms: t.created_ms,
+            partitions: t
+                .partition_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let (log_start, hw) = index
+                        .partitions
+                        .get(id)
+                        .map(|v| (v.log_start, *v.high_watermark.borrow()))
+                        .unwrap_or_default();
+                    PartitionMetadata {
+                        index: PartitionIndex(u32::try_from(i).unwrap_or(u32::MAX)),
+                        log_start: Offset(log_start),
+                        high_watermark: Offset(hw),
+                    }
+                })
+                .collect(),
+        };
+        if names.is_empty() {
+            return Ok(index.topics.iter().map(|(n, t)| describe(n, t)).collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                index.topics.get(n).map(|t| describe(n, t)).ok_or_else(|| StateError::Request {
+                    code: ErrorCode::UnknownTopic,
+                    message: format!("unknown topic {n}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Reads whole batches from `offset` on, up to about `max_bytes` (at least one batch when
+    /// one is available). The first batch may start before `offset`.
+    pub fn read(
+        &self,
+        handle: &PartitionHandle,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedBatch>, StateError> {
+        const SCAN_PAGE: usize = 8;
+        let hw = handle.high_watermark().0;
+        if offset.0 >= hw {
+            return Ok(Vec::new());
+        }
+        let id = handle.id;
+        let (range_start, range_end) = keys::message_range(id);
+        let upto = keys::message_key(id, offset.0.saturating_add(1));
+        let mut from = match self.store.last_in_range(Cf::Messages, &range_start, &upto)? {
+            Some((k, _)) => k.to_vec(),
+            None => keys::message_key(id, offset.0).to_vec(),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let page = self.store.scan(Cf::Messages, &from, &range_end, SCAN_PAGE)?;
+            let full = page.len() == SCAN_PAGE;
+            for (k, v) in page {
+                let (_, base) = keys::message_key_parts(&k).map_err(corrupt)?;
+                if base >= hw {
+                    // Written by an apply whose publish has not happened yet: not visible.
+                    return Ok(out);
+                }
+                from = k.to_vec();
+                from.push(0);
+                bytes += v.len();
+                out.push(FetchedBatch { base_offset: Offset(base), bytes: v });
+                if bytes >= max_bytes {
+                    return Ok(out);
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+}

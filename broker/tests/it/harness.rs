@@ -1,0 +1,220 @@
+//! Test harness: brokers as child processes (so SIGKILL is a real crash) on loopback ports, each
+//! with its own temp data dir, plus helpers that wait on conditions with deadlines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::messages::{NodeStatusRequest, NodeStatusResponse};
+use ferry_protocol::{ClientKind, ConnectOptions, Connection};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Picks a free loopback port (bind to 0, read it, release it).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Polls `check` every 50 ms until it returns Some, or panics with `what` after `WAIT_MAX`.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub addr: String,
+    pub admin_addr: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `ferry-broker` processes.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    peers: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes forming one cluster and waits until a leader is elected.
+    pub async fn start(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<Node> = (1..=n)
+            .map(|id| Node {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()),
+                admin_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let peers: Vec<String> = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect();
+        let mut cluster = Cluster { nodes, peers: peers.join(","), _dir: dir };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster.leader().await;
+        cluster
+    }
+
+    /// Starts a new node with `--join` (no cluster of its own) and returns its address; add it
+    /// with an `AddNodeRequest`.
+    pub fn spawn_joining(&mut self, id: u64) -> String {
+        let node = Node {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            admin_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: self._dir.path().join(format!("node-{id}")),
+            child: None,
+        };
+        let addr = node.addr.clone();
+        self.nodes.push(node);
+        self.spawn_with(id, None);
+        addr
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        // A node that joined later must not re-form the founding cluster on restart; with data
+        // on disk it ignores --peers anyway, but say what it was started with.
+        let founding = self.peers.split(',').any(|p| p.starts_with(&format!("{id}=")));
+        self.spawn_with(id, founding.then_some(peers));
+    }
+
+    fn spawn_with(&mut self, id: u64, peers: Option<String>) {
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} already running");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-broker"));
+        cmd.args(["--node-id", &id.to_string()])
+            .args(["--listen", &node.addr])
+            .args(["--admin-listen", &node.admin_addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir);
+        match peers {
+            Some(p) => cmd.args(["--peers", &p]),
+            None => cmd.arg("--join"),
+        };
+        let child = cmd
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ferry-broker");
+        node.child = Some(child);
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    /// Comma-separated client addresses of every node.
+    pub fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + WAIT_MAX;
+            loop {
+                if child.try_wait().expect("try_wait").is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("node {id} did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts a stopped or killed node again with its data dir.
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    /// One node's own status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<NodeStatusResponse> {
+        let mut opts = ConnectOptions::new("test", ClientKind::Admin);
+        opts.connect_timeout = Duration::from_millis(500);
+        opts.request_timeout = Duration::from_secs(2);
+        let conn = Connection::connect(&self.node(id).addr, &opts).await.ok()?;
+        conn.call(&NodeStatusRequest).await.ok()
+    }
+
+    /// Waits until the running nodes agree on one leader; returns its id.
+    pub async fn leader(&self) -> u64 {
+        let running: Vec<u64> =
+            self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect();
+        wait_for("a leader all running nodes agree on", || async {
+            let mut leaders = BTreeMap::new();
+            for id in &running {
+                let s = self.status(*id).await?;
+                leaders.insert(*id, s.leader_id?);
+            }
+            let first = *leaders.values().next()?;
+            let agreed = leaders.values().all(|l| *l == first);
+            let leader_is_running = running.contains(&first.0);
+            (agreed && leader_is_running).then_some(first.0)
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied the leader's last log index.
+    pub async fn wait_caught_up(&self) {
+        let leader = self.leader().await;
+        let running: Vec<u64> =
+            self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect();
+        wait_for("every node to apply the leader's log", || async {
+            let target = self.status(leader).await?.last_log_index;
+            for id in &running {
+                if self.status(*id).await?.applied_index < target {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Membership changes: a fourth node joins as a learner, becomes a voter, and is removed again;
+//! data produced before it joined reaches it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_protocol::messages::*;
+use ferry_protocol::{
+    ClientKind, ClusterClient, ClusterOptions, ConnectOptions, ErrorCode, NodeId, Offset,
+    PartitionIndex, Record, RecordBatchBuilder,
+};
+
+use crate::harness::{wait_for, Cluster};
+
+fn admin(bootstrap: &str) -> ClusterClient {
+    let mut opts = ConnectOptions::new("test-admin", ClientKind::Admin);
+    opts.request_timeout = Duration::from_secs(60);
+    ClusterClient::new(ClusterOptions::new(bootstrap, opts)).unwrap()
+}
+
+fn one_record_batch(v: &str) -> Bytes {
+    let mut b = RecordBatchBuilder::new(0, 0, 0);
+    b.push(&Record {
+        timestamp_ms: 1,
+        key: None,
+        headers: vec![],
+        value: Bytes::from(v.to_string()),
+    });
+    b.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_joins_as_voter_and_is_removed() {
+    let mut cluster = Cluster::start(3).await;
+    let client = admin(&cluster.bootstrap());
+    client.call(&CreateTopicRequest { name: "m".into(), partitions: 1 }).await.unwrap();
+    for i in 0..50 {
+        let r = client
+            .call(&ProduceRequest {
+                topic: "m".into(),
+                partition: PartitionIndex(0),
+                batch: one_record_batch(&format!("v{i}")),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.base_offset, Offset(i));
+    }
+
+    let addr = cluster.spawn_joining(4);
+    client.call(&AddNodeRequest { node_id: NodeId(4), addr }).await.unwrap();
+    let leader = cluster.leader().await;
+    let status = cluster.status(leader).await.unwrap();
+    let member = status.members.iter().find(|m| m.id == NodeId(4)).expect("node 4 is a member");
+    assert!(member.voter, "node 4 was promoted to voter");
+    // The new node holds everything produced before it joined.
+    cluster.wait_caught_up().await;
+    let s4 = cluster.status(4).await.unwrap();
+    assert!(s4.applied_index >= status.commit_index.min(status.last_log_index));
+    assert_eq!(s4.leader_id, Some(NodeId(leader)));
+
+    // Removing an unknown node is refused; removing node 4 works and the cluster goes on.
+    let r = client.call(&RemoveNodeRequest { node_id: NodeId(9) }).await;
+    assert_eq!(r.unwrap_err().code(), Some(ErrorCode::InvalidArgument));
+    client.call(&RemoveNodeRequest { node_id: NodeId(4) }).await.unwrap();
+    wait_for("node 4 to leave the membership", || async {
+        let s = cluster.status(cluster.leader().await).await?;
+        (!s.members.iter().any(|m| m.id == NodeId(4))).then_some(())
+    })
+    .await;
+    cluster.kill(4);
+    let r = client
+        .call(&ProduceRequest {
+            topic: "m".into(),
+            partition: PartitionIndex(0),
+            batch: one_record_batch("after"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.base_offset, Offset(50));
+}

@@ -1,0 +1,217 @@
+//! Operation codes and error codes: the numbers on the wire. Both are append-only.
+
+use std::fmt;
+
+/// The operation a request asks for.
+///
+/// On the wire as `u16`. **Append-only**: never renumber or reuse a value; only add at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    /// First request on every connection: versions, identity, auth.
+    Handshake = 0,
+    /// Append a record batch to a partition.
+    Produce = 1,
+    /// Read record batches from a partition (long-poll).
+    Fetch = 2,
+    /// Create a topic.
+    CreateTopic = 3,
+    /// Delete a topic.
+    DeleteTopic = 4,
+    /// Topics, their partitions and watermarks.
+    Metadata = 5,
+    /// This node's view of the cluster.
+    NodeStatus = 6,
+    /// Add a node (learner, then voter).
+    AddNode = 7,
+    /// Remove a node from the voters.
+    RemoveNode = 8,
+    /// Raft append-entries (peers only).
+    RaftAppend = 9,
+    /// Raft vote (peers only).
+    RaftVote = 10,
+    /// Raft install-snapshot chunk (peers only).
+    RaftSnapshot = 11,
+}
+
+impl ApiKey {
+    /// Every key, in wire order.
+    pub const ALL: [ApiKey; 12] = [
+        ApiKey::Handshake,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::Metadata,
+        ApiKey::NodeStatus,
+        ApiKey::AddNode,
+        ApiKey::RemoveNode,
+        ApiKey::RaftAppend,
+        ApiKey::RaftVote,
+        ApiKey::RaftSnapshot,
+    ];
+
+    /// The key for a wire value, if known.
+    pub fn from_u16(value: u16) -> Option<ApiKey> {
+        ApiKey::ALL.get(usize::from(value)).copied()
+    }
+
+    /// A short lowercase name, used as a metric label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::Handshake => "handshake",
+            ApiKey::Produce => "produce",
+            ApiKey::Fetch => "fetch",
+            ApiKey::CreateTopic => "create_topic",
+            ApiKey::DeleteTopic => "delete_topic",
+            ApiKey::Metadata => "metadata",
+            ApiKey::NodeStatus => "node_status",
+            ApiKey::AddNode => "add_node",
+            ApiKey::RemoveNode => "remove_node",
+            ApiKey::RaftAppend => "raft_append",
+            ApiKey::RaftVote => "raft_vote",
+            ApiKey::RaftSnapshot => "raft_snapshot",
+        }
+    }
+}
+
+/// The outcome of a request.
+///
+/// On the wire as `u16`. **Append-only**: never renumber or reuse a value; only add at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Success.
+    None = 0,
+    /// An unexpected server-side failure.
+    Internal = 1,
+    /// The request could not be decoded.
+    Malformed = 2,
+    /// No protocol version in common, or an api version the server does not speak.
+    UnsupportedVersion = 3,
+    /// This node is not the leader; the error carries the leader hint when known.
+    NotLeader = 4,
+    /// No leader is known right now (election in progress).
+    NoLeader = 5,
+    /// The topic does not exist.
+    UnknownTopic = 6,
+    /// A topic with that name exists already.
+    TopicExists = 7,
+    /// The partition does not exist in the topic.
+    UnknownPartition = 8,
+    /// A request field is out of range or inconsistent.
+    InvalidArgument = 9,
+    /// The requested offset is below the log start or above the high watermark.
+    OffsetOutOfRange = 10,
+    /// The operation did not finish in time; its outcome is unknown.
+    Timeout = 11,
+    /// The server is overloaded; back off and retry.
+    Busy = 12,
+    /// The first request on a connection must be a handshake.
+    HandshakeRequired = 13,
+    /// The server is shutting down.
+    ShuttingDown = 14,
+    /// A membership change was refused (e.g. one is already in progress).
+    MembershipChange = 15,
+    /// The record batch failed its checksum or structure check.
+    CorruptBatch = 16,
+    /// Authentication failed or the mechanism is not supported.
+    AuthFailed = 17,
+}
+
+impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::None,
+        ErrorCode::Internal,
+        ErrorCode::Malformed,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::NotLeader,
+        ErrorCode::NoLeader,
+        ErrorCode::UnknownTopic,
+        ErrorCode::TopicExists,
+        ErrorCode::UnknownPartition,
+        ErrorCode::InvalidArgument,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::Timeout,
+        ErrorCode::Busy,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::ShuttingDown,
+        ErrorCode::MembershipChange,
+        ErrorCode::CorruptBatch,
+        ErrorCode::AuthFailed,
+    ];
+
+    /// The code for a wire value, if known.
+    pub fn from_u16(value: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.get(usize::from(value)).copied()
+    }
+
+    /// Whether sending the same request again (possibly to another node) may succeed.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::NoLeader
+                | ErrorCode::Timeout
+                | ErrorCode::Busy
+                | ErrorCode::ShuttingDown
+        )
+    }
+
+    /// What the code means, for people.
+    pub fn description(self) -> &'static str {
+        match self {
+            ErrorCode::None => "success",
+            ErrorCode::Internal => "internal server error",
+            ErrorCode::Malformed => "malformed request",
+            ErrorCode::UnsupportedVersion => "unsupported protocol or api version",
+            ErrorCode::NotLeader => "this node is not the leader",
+            ErrorCode::NoLeader => "no leader is known (election in progress)",
+            ErrorCode::UnknownTopic => "unknown topic",
+            ErrorCode::TopicExists => "topic already exists",
+            ErrorCode::UnknownPartition => "unknown partition",
+            ErrorCode::InvalidArgument => "invalid argument",
+            ErrorCode::OffsetOutOfRange => "offset out of range",
+            ErrorCode::Timeout => "timed out; the outcome is unknown",
+            ErrorCode::Busy => "server busy; back off and retry",
+            ErrorCode::HandshakeRequired => "handshake required first",
+            ErrorCode::ShuttingDown => "server shutting down",
+            ErrorCode::MembershipChange => "membership change refused",
+            ErrorCode::CorruptBatch => "record batch failed its checksum",
+            ErrorCode::AuthFailed => "authentication failed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_match_positions() {
+        for (i, key) in ApiKey::ALL.iter().enumerate() {
+            assert_eq!(*key as u16 as usize, i);
+            assert_eq!(ApiKey::from_u16(*key as u16), Some(*key));
+        }
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as u16 as usize, i);
+            assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
+        }
+        assert_eq!(ApiKey::from_u16(ApiKey::ALL.len() as u16), None);
+        assert_eq!(ErrorCode::from_u16(ErrorCode::ALL.len() as u16), None);
+    }
+
+    #[test]
+    fn retriable_codes() {
+        assert!(ErrorCode::NotLeader.is_retriable());
+        assert!(!ErrorCode::UnknownTopic.is_retriable());
+        assert!(!ErrorCode::None.is_retriable());
+    }
+}
