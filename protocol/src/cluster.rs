@@ -191,7 +191,12 @@ impl ClusterClient {
                     }
                 }
             }
+            // A node without a leader (mid-election, or removed from the cluster and still
+            // campaigning) may stay that way: move on to the other known nodes.
             ClientError::Server { code: ErrorCode::NoLeader, .. } => {
+                if same {
+                    route.conn = None;
+                }
                 route.leader_addr = None;
             }
             e if e.is_connection_error() => {

@@ -1,0 +1,75 @@
+//! Command implementations, one module per command group; [`run`] dispatches the parsed
+//! command line to them.
+
+pub mod cluster;
+pub mod consume;
+pub mod produce;
+pub mod topic;
+
+use std::time::Duration;
+
+use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions};
+
+use crate::cli::{Cli, ClusterCommand, Command, TopicCommand};
+use crate::output::Format;
+
+/// Client identity in handshakes.
+pub const CLIENT_ID: &str = "ferryctl";
+
+/// Longest wait for a TCP connect plus handshake.
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(3);
+
+/// What every command needs from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `--bootstrap`.
+    pub bootstrap: String,
+    /// `--format`.
+    pub format: Format,
+    /// `--timeout`: retry deadline, and the time allowed for one request.
+    pub timeout: Duration,
+}
+
+impl Context {
+    /// Connection options of a `kind` client bounded by `--timeout`.
+    pub fn connect_options(&self, kind: ClientKind) -> ConnectOptions {
+        let mut options = ConnectOptions::new(CLIENT_ID, kind);
+        options.connect_timeout = self.timeout.min(CONNECT_TIMEOUT_MAX);
+        options.request_timeout = self.timeout;
+        options
+    }
+
+    /// A cluster client (routes to the leader, retries until `--timeout`).
+    ///
+    /// # Errors
+    /// When the bootstrap list is empty (clap already refuses that).
+    pub fn cluster_client(&self) -> anyhow::Result<ClusterClient> {
+        let mut options =
+            ClusterOptions::new(&self.bootstrap, self.connect_options(ClientKind::Admin));
+        options.retry.deadline = self.timeout;
+        Ok(ClusterClient::new(options)?)
+    }
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Whatever the command reports; the caller prints it on one line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context { bootstrap: cli.bootstrap, format: cli.format, timeout: cli.timeout };
+    match cli.command {
+        Command::Cluster(ClusterCommand::Status) => cluster::status(&ctx).await,
+        Command::Cluster(ClusterCommand::AddNode { id, addr }) => {
+            cluster::add_node(&ctx, id, &addr).await
+        }
+        Command::Cluster(ClusterCommand::RemoveNode { id }) => cluster::remove_node(&ctx, id).await,
+        Command::Topic(TopicCommand::Create { name, partitions }) => {
+            topic::create(&ctx, &name, partitions).await
+        }
+        Command::Topic(TopicCommand::List) => topic::list(&ctx).await,
+        Command::Topic(TopicCommand::Describe { name }) => topic::describe(&ctx, &name).await,
+        Command::Topic(TopicCommand::Delete { name }) => topic::delete(&ctx, &name).await,
+        Command::Produce(args) => produce::run(&ctx, args).await,
+        Command::Consume(args) => consume::run(&ctx, args).await,
+    }
+}
