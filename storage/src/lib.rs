@@ -20,7 +20,7 @@ pub mod conformance;
 mod log_rules;
 pub mod mem;
 pub mod rocks;
-mod snapshot_stream;
+pub mod snapshot_stream;
 
 /// A storage failure. Callers treat every one as fatal for the replica (fail-stop): an fsync or
 /// write error is never retried and carried on from.

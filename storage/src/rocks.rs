@@ -114,22 +114,25 @@ impl RocksStore {
         db_opts.set_max_background_jobs(BACKGROUND_JOBS);
         db_opts.set_keep_log_file_num(INFO_LOG_FILES_KEPT);
 
-        let family = |name: &str, write_buffer_bytes: usize| {
+        // The Raft log and the messages hold producer payloads, which are random-looking or
+        // compressed by the application already: LZ4 on them cost ~15% of a leader's CPU in a
+        // profile and saved little. Metadata families stay compressed.
+        let family = |name: &str, write_buffer_bytes: usize, compression: DBCompressionType| {
             let mut opts = Options::default();
-            opts.set_compression_type(DBCompressionType::Lz4);
+            opts.set_compression_type(compression);
             opts.set_write_buffer_size(write_buffer_bytes);
             ColumnFamilyDescriptor::new(name, opts)
         };
         let mut families = vec![
-            family(LOG_CF, tuning.write_buffer_bytes),
-            family(META_CF, tuning.write_buffer_bytes),
+            family(LOG_CF, tuning.write_buffer_bytes, DBCompressionType::None),
+            family(META_CF, tuning.write_buffer_bytes, DBCompressionType::Lz4),
         ];
         for cf in Cf::ALL {
-            let write_buffer_bytes = match cf {
-                Cf::Messages => tuning.messages_write_buffer_bytes,
-                _ => tuning.write_buffer_bytes,
+            let (write_buffer_bytes, compression) = match cf {
+                Cf::Messages => (tuning.messages_write_buffer_bytes, DBCompressionType::None),
+                _ => (tuning.write_buffer_bytes, DBCompressionType::Lz4),
             };
-            families.push(family(cf.name(), write_buffer_bytes));
+            families.push(family(cf.name(), write_buffer_bytes, compression));
         }
 
         let db = DB::open_cf_descriptors(&db_opts, path, families).map_err(engine)?;

@@ -25,7 +25,7 @@ const WHAT: &str = "snapshot stream";
 /// record := 0x01 | cf:u8 | key_len:u32be | key | value_len:u32be | value
 /// end    := 0x00 | record_count:u64be
 /// ```
-pub(crate) struct StreamWriter<W: Write> {
+pub struct StreamWriter<W: Write> {
     out: BufWriter<W>,
     records: u64,
     bytes_written: u64,
@@ -33,7 +33,7 @@ pub(crate) struct StreamWriter<W: Write> {
 
 impl<W: Write> StreamWriter<W> {
     /// Starts a stream (writes the magic).
-    pub(crate) fn new(out: W) -> Result<Self> {
+    pub fn new(out: W) -> Result<Self> {
         let mut writer = StreamWriter { out: BufWriter::new(out), records: 0, bytes_written: 0 };
         writer.write_all(MAGIC)?;
         Ok(writer)
@@ -41,7 +41,7 @@ impl<W: Write> StreamWriter<W> {
 
     /// Appends one record. Keys and values longer than `u32::MAX` bytes cannot be encoded and are
     /// refused rather than truncated.
-    pub(crate) fn record(&mut self, cf: Cf, key: &[u8], value: &[u8]) -> Result<()> {
+    pub fn record(&mut self, cf: Cf, key: &[u8], value: &[u8]) -> Result<()> {
         let key_len = encode_len(key.len())?;
         let value_len = encode_len(value.len())?;
         self.write_all(&[TAG_RECORD, cf as u8])?;
@@ -54,7 +54,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     /// Writes the end marker, flushes, and returns the number of bytes in the whole stream.
-    pub(crate) fn finish(mut self) -> Result<u64> {
+    pub fn finish(mut self) -> Result<u64> {
         self.write_all(&[TAG_END])?;
         let records = self.records;
         self.write_all(&records.to_be_bytes())?;
@@ -78,16 +78,19 @@ fn encode_len(len: usize) -> Result<u32> {
 
 /// One decoded record.
 #[derive(Debug)]
-pub(crate) struct Record {
-    pub(crate) cf: Cf,
-    pub(crate) key: Vec<u8>,
-    pub(crate) value: Vec<u8>,
+pub struct Record {
+    /// Family.
+    pub cf: Cf,
+    /// Key.
+    pub key: Vec<u8>,
+    /// Value.
+    pub value: Vec<u8>,
 }
 
 /// Reads a stream record by record, checking its shape. Never panics on bad input: every
 /// malformation (bad magic, unknown tag or family, truncation, wrong record count, bytes after
 /// the end marker) is a [`StorageError::Corrupt`].
-pub(crate) struct StreamReader<R: Read> {
+pub struct StreamReader<R: Read> {
     input: BufReader<R>,
     records: u64,
     finished: bool,
@@ -95,7 +98,7 @@ pub(crate) struct StreamReader<R: Read> {
 
 impl<R: Read> StreamReader<R> {
     /// Reads and checks the magic.
-    pub(crate) fn new(input: R) -> Result<Self> {
+    pub fn new(input: R) -> Result<Self> {
         let mut reader = StreamReader { input: BufReader::new(input), records: 0, finished: false };
         let mut magic = [0u8; 8];
         reader.read_exact(&mut magic, "magic")?;
@@ -106,7 +109,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The next record, or `None` once the end marker has been read and checked.
-    pub(crate) fn next_record(&mut self) -> Result<Option<Record>> {
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
         if self.finished {
             return Ok(None);
         }

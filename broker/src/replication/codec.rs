@@ -172,23 +172,25 @@ pub fn entry_from_bytes(mut bytes: Bytes) -> DecodeResult<Entry<TypeConfig>> {
 /// the body stays within `bytes_max` (always at least one). Returns the body and how many entries
 /// it holds, so the caller can report a partial success for the rest.
 pub fn encode_append(rpc: &AppendEntriesRequest<TypeConfig>, bytes_max: usize) -> (Bytes, usize) {
-    let mut buf = BytesMut::with_capacity(64);
+    let hint: usize = rpc.entries.iter().map(|e| 64 + entry_payload_hint(e)).sum();
+    let mut buf = BytesMut::with_capacity(64 + hint.min(bytes_max));
     put_vote(&mut buf, &rpc.vote);
     put_opt_log_id(&mut buf, rpc.prev_log_id.as_ref());
     put_opt_log_id(&mut buf, rpc.leader_commit.as_ref());
-    let mut encoded = BytesMut::new();
+    // The count is patched in once known, so each entry is copied once, straight into `buf`.
+    let count_at = buf.len();
+    buf.put_u32(0);
     let mut count = 0usize;
     for entry in &rpc.entries {
-        let before = encoded.len();
-        put_entry(&mut encoded, entry);
-        if count > 0 && buf.len() + 4 + encoded.len() > bytes_max {
-            encoded.truncate(before);
+        let before = buf.len();
+        put_entry(&mut buf, entry);
+        if count > 0 && buf.len() > bytes_max {
+            buf.truncate(before);
             break;
         }
         count += 1;
     }
-    buf.put_u32(wire::len_u32(count));
-    buf.extend_from_slice(&encoded);
+    buf[count_at..count_at + 4].copy_from_slice(&wire::len_u32(count).to_be_bytes());
     (buf.freeze(), count)
 }
 

@@ -1,10 +1,15 @@
 //! openraft's log storage over our [`LogStore`]: entries are encoded once and appended with one
 //! synced write per `append` call, so every entry openraft batched since the last call shares
 //! one fsync (group commit). The flush callback fires only after that write returned.
+//!
+//! openraft reads every entry back to replicate it to each follower; the newest entries are
+//! kept decoded in a bounded in-memory cache so that read costs neither a RocksDB read, a copy
+//! nor a decode.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use ferry_storage::{LogStore, MetaKey};
@@ -17,16 +22,95 @@ use super::TypeConfig;
 /// Most entries read back in one call, bounding memory when a follower is far behind.
 const READ_ENTRIES_MAX: u64 = 4096;
 
-/// The Raft log adapter. Cheap to clone: openraft gets one for writing and clones for reading.
+/// Bytes of entry payload the replication cache holds at most.
+const CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The newest durable entries, contiguous by index, decoded.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<Entry<TypeConfig>>,
+    bytes: usize,
+}
+
+fn payload_bytes(entry: &Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(cmd) => cmd.encoded_len_hint(),
+        _ => 64,
+    }
+}
+
+impl EntryCache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    /// Adds entries just made durable. A gap (or a rewrite) restarts the cache.
+    fn push(&mut self, new: Vec<Entry<TypeConfig>>) {
+        for entry in new {
+            let contiguous =
+                self.entries.back().is_none_or(|last| last.log_id.index + 1 == entry.log_id.index);
+            if !contiguous {
+                self.entries.clear();
+                self.bytes = 0;
+            }
+            self.bytes += payload_bytes(&entry);
+            self.entries.push_back(entry);
+        }
+        while self.bytes > CACHE_BYTES_MAX {
+            match self.entries.pop_front() {
+                Some(e) => self.bytes -= payload_bytes(&e),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries with index `>= index`.
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= payload_bytes(&e);
+            }
+        }
+    }
+
+    /// Drops entries with index `<= index`.
+    fn purge_upto(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.log_id.index <= index) {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= payload_bytes(&e);
+            }
+        }
+    }
+
+    /// The entries `start..end` if the cache holds all of them.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.log_id.index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
+        Some(self.entries.range(from..to).cloned().collect())
+    }
+}
+
+/// The Raft log adapter. Cheap to clone: openraft gets one for writing and clones for reading;
+/// all share the store and the cache.
 #[derive(Clone)]
 pub struct RaftLog {
     store: Arc<dyn LogStore>,
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 impl RaftLog {
     /// Wraps a log store.
     pub fn new(store: Arc<dyn LogStore>) -> Self {
-        RaftLog { store }
+        RaftLog { store, cache: Arc::default() }
+    }
+
+    fn with_cache<T>(&self, f: impl FnOnce(&mut EntryCache) -> T) -> Option<T> {
+        self.cache.lock().ok().map(|mut c| f(&mut c))
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, ferry_storage::StorageError>
@@ -77,6 +161,9 @@ impl RaftLogReader<TypeConfig> for RaftLog {
             Bound::Unbounded => u64::MAX,
         };
         let end = end.min(start.saturating_add(READ_ENTRIES_MAX));
+        if let Some(Some(hit)) = self.with_cache(|c| c.get(start, end)) {
+            return Ok(hit);
+        }
         let raw = self.blocking(move |s| s.read_range(start, end)).await.map_err(read_err)?;
         raw.into_iter().map(|(_, bytes)| codec::entry_from_bytes(bytes).map_err(read_err)).collect()
     }
@@ -136,11 +223,14 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let encoded: Vec<(u64, Bytes)> =
-            entries.into_iter().map(|e| (e.log_id.index, codec::entry_to_bytes(&e))).collect();
+            entries.iter().map(|e| (e.log_id.index, codec::entry_to_bytes(e))).collect();
         let result = self.blocking(move |s| s.append(&encoded)).await;
         match result {
             Ok(()) => {
+                // Cached only once durable: replication never ships what a crash could lose.
+                self.with_cache(|c| c.push(entries));
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -154,6 +244,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.with_cache(|c| c.truncate_from(log_id.index));
         self.blocking(move |s| s.truncate_from(log_id.index)).await.map_err(write_err)
     }
 
@@ -161,6 +252,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         let mut buf = BytesMut::new();
         codec::put_log_id(&mut buf, &log_id);
         let bytes = buf.freeze();
+        self.with_cache(|c| c.purge_upto(log_id.index));
         // Record the purge point first: a crash between the two leaves extra entries behind it,
         // which is harmless; the reverse order could lose the last purged id.
         self.blocking(move |s| {
@@ -169,5 +261,43 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         })
         .await
         .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(v: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn cache_serves_only_ranges_it_holds_whole() {
+        let mut c = EntryCache::default();
+        c.push((5..10).map(entry).collect());
+        assert_eq!(indexes(c.get(6, 9)), Some(vec![6, 7, 8]));
+        assert_eq!(indexes(c.get(4, 9)), None);
+        assert_eq!(indexes(c.get(8, 11)), None);
+        c.truncate_from(8);
+        assert_eq!(indexes(c.get(5, 8)), Some(vec![5, 6, 7]));
+        assert_eq!(indexes(c.get(5, 9)), None);
+        c.push(vec![entry(8)]);
+        c.purge_upto(6);
+        assert_eq!(indexes(c.get(7, 9)), Some(vec![7, 8]));
+        assert_eq!(indexes(c.get(6, 8)), None);
+        // A gap restarts the cache rather than serving a hole.
+        c.push(vec![entry(20)]);
+        assert_eq!(indexes(c.get(7, 9)), None);
+        assert_eq!(indexes(c.get(20, 21)), Some(vec![20]));
     }
 }

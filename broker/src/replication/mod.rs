@@ -94,13 +94,15 @@ impl Replica {
             election_timeout_max: election_ms.saturating_mul(2),
             // Entries are whole producer batches; the network layer also caps bytes per RPC.
             max_payload_entries: 256,
-            // Whole-state exports are costly while the message log lives in the state store;
-            // the Raft log is kept instead (see ARCHITECTURE.md, Storage).
+            // The messages family points into the Raft log (state::MessageValue), so the log
+            // must not be purged below an applied produce: snapshots are never triggered, and
+            // the log is kept in full. Compaction behind snapshots needs the batches moved out
+            // of the log first (segment files, see ARCHITECTURE.md, Storage).
             snapshot_policy: SnapshotPolicy::Never,
             ..Config::default()
         };
         let config = Arc::new(config.validate()?);
-        let sm = StateMachine::open(state, snapshot_dir)?;
+        let sm = StateMachine::open(state, log.clone(), snapshot_dir)?;
         let shared = sm.shared();
         let network = Network::new(node_id, frame_bytes_max);
         let raft = Raft::new(node_id, config, network, RaftLog::new(log), sm).await?;

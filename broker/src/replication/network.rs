@@ -20,6 +20,14 @@ use openraft::BasicNode;
 use super::codec;
 use super::TypeConfig;
 
+/// Most bytes of entries in one append-entries RPC (at least one entry is always sent).
+///
+/// openraft 0.9 gives each append-entries RPC the heartbeat interval (100 ms by default) to
+/// finish. A follower catching up on large batches with multi-megabyte RPCs missed that on a
+/// loaded machine and retried the same payload forever; 1 MiB RPCs finish well within it, and
+/// with one RPC per follower in flight still carry hundreds of MB/s.
+const APPEND_BYTES_MAX: usize = 1024 * 1024;
+
 /// Shared pool of peer connections.
 #[derive(Clone)]
 pub struct Network {
@@ -41,8 +49,7 @@ impl Network {
         Network {
             inner: Arc::new(NetInner {
                 connect,
-                // Leave room for the frame and request headers.
-                append_bytes_max: frame_bytes_max.saturating_sub(4096).max(4096),
+                append_bytes_max: APPEND_BYTES_MAX.min(frame_bytes_max.saturating_sub(4096)),
                 conns: Mutex::new(HashMap::new()),
             }),
         }

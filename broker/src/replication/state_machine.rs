@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_storage::{Cf, StateStore, WriteBatch};
+use ferry_storage::snapshot_stream::{StreamReader, StreamWriter};
+use ferry_storage::{Cf, LogStore, StateStore, WriteBatch};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -21,7 +22,7 @@ use openraft::{
 use super::codec;
 use super::TypeConfig;
 use crate::state::command::CommandResponse;
-use crate::state::{keys, Applier, Changes, SharedState};
+use crate::state::{keys, Applier, BatchResolver, Changes, MessageValue, SharedState, StateError};
 
 const CURRENT_META: &str = "current.meta";
 const CURRENT_DATA: &str = "current.snap";
@@ -48,10 +49,15 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError<u64> {
 }
 
 impl StateMachine {
-    /// Opens the state machine over `store`, keeping snapshot files in `snapshot_dir`.
-    pub fn open(store: Arc<dyn StateStore>, snapshot_dir: &Path) -> anyhow::Result<StateMachine> {
+    /// Opens the state machine over `store`, resolving batches kept in `log`, with snapshot
+    /// files in `snapshot_dir`.
+    pub fn open(
+        store: Arc<dyn StateStore>,
+        log: Arc<dyn LogStore>,
+        snapshot_dir: &Path,
+    ) -> anyhow::Result<StateMachine> {
         std::fs::create_dir_all(snapshot_dir)?;
-        let applier = Applier::open(store.clone())?;
+        let applier = Applier::open(store.clone(), batch_resolver(log))?;
         let last_applied = match store.get(Cf::State, &keys::APPLIED)? {
             Some(mut b) => Some(codec::get_log_id(&mut b)?),
             None => None,
@@ -133,7 +139,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Done,
-                EntryPayload::Normal(cmd) => self.applier.apply(cmd, &mut batch, &mut changes),
+                EntryPayload::Normal(cmd) => {
+                    self.applier.apply(entry.log_id.index, cmd, &mut batch, &mut changes)
+                }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     membership_changed = true;
@@ -168,6 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.snapshot_seq += 1;
         SnapshotBuilder {
             store: self.store(),
+            shared: self.shared(),
             dir: self.snapshot_dir.clone(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -236,6 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// are paused, so it matches the applied id exactly); `build_snapshot` only publishes it.
 pub struct SnapshotBuilder {
     store: Arc<dyn StateStore>,
+    shared: Arc<SharedState>,
     dir: PathBuf,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
@@ -246,16 +256,21 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     async fn prepare(mut self) -> Self {
         let store = self.store.clone();
+        let shared = self.shared.clone();
+        let raw = self.dir.join(format!("export-{}.snap", self.seq));
         let path = self.dir.join(format!("building-{}.snap", self.seq));
         let result = tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
             // Flush first: once this snapshot exists the log may be purged behind it, and the
             // state written without a WAL must not depend on that log any more.
             store.flush().map_err(|e| e.to_string())?;
-            let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+            let file = std::fs::File::create(&raw).map_err(|e| e.to_string())?;
             let mut out = std::io::BufWriter::new(file);
             store.export(&mut out).map_err(|e| e.to_string())?;
-            let file = out.into_inner().map_err(|e| e.to_string())?;
-            file.sync_all().map_err(|e| e.to_string())?;
+            drop(out.into_inner().map_err(|e| e.to_string())?);
+            // The export holds pointers into this node's Raft log; a node installing the
+            // snapshot lacks those entries, so replace every pointer with the batch itself.
+            inline_messages(&raw, &path, &shared).map_err(|e| e.to_string())?;
+            std::fs::remove_file(&raw).map_err(|e| e.to_string())?;
             Ok(path)
         })
         .await
@@ -263,6 +278,43 @@ impl SnapshotBuilder {
         self.export = Some(result);
         self
     }
+}
+
+/// Copies the snapshot stream at `from` to `to`, resolving every messages-family pointer into
+/// the batch bytes, then syncs `to`.
+fn inline_messages(from: &Path, to: &Path, shared: &SharedState) -> anyhow::Result<()> {
+    let mut reader = StreamReader::new(std::fs::File::open(from)?)?;
+    let file = std::fs::File::create(to)?;
+    let mut writer = StreamWriter::new(&file)?;
+    while let Some(record) = reader.next_record()? {
+        if record.cf == Cf::Messages {
+            let batch = shared.resolve(Bytes::from(record.value))?;
+            writer.record(record.cf, &record.key, &MessageValue::Inline(batch).encode())?;
+        } else {
+            writer.record(record.cf, &record.key, &record.value)?;
+        }
+    }
+    writer.finish()?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Reads the batch of the produce command in the Raft log entry at an index.
+fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
+    Arc::new(move |index: u64| {
+        let entries = log.read_range(index, index.saturating_add(1))?;
+        let Some((_, bytes)) = entries.into_iter().next() else {
+            return Err(StateError::Corrupt(format!("raft log entry {index} is missing")));
+        };
+        let entry =
+            codec::entry_from_bytes(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        match entry.payload {
+            EntryPayload::Normal(crate::state::command::Command::Produce { batch, .. }) => {
+                Ok(batch)
+            }
+            _ => Err(StateError::Corrupt(format!("raft log entry {index} holds no produce"))),
+        }
+    })
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -291,5 +343,101 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(snap_err)?;
         let file = tokio::fs::File::open(self.dir.join(CURRENT_DATA)).await.map_err(sm_read_err)?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ferry_protocol::{Offset, PartitionIndex, Record, RecordBatchBuilder};
+    use ferry_storage::mem::MemStore;
+    use ferry_storage::{LogStore, StateStore, WriteBatch};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::state::command::Command;
+    use crate::state::Changes;
+
+    fn batch(v: &str) -> Bytes {
+        let mut b = RecordBatchBuilder::new(0, 0, 0);
+        b.push(&Record {
+            timestamp_ms: 1,
+            key: None,
+            headers: vec![],
+            value: Bytes::from(v.to_string()),
+        });
+        b.finish()
+    }
+
+    /// Applies commands as Raft would (entry in the log, then apply with its index) and returns
+    /// the applier.
+    fn applied(store: &MemStore, commands: Vec<Command>) -> Applier {
+        let log: Arc<dyn LogStore> = Arc::new(store.clone());
+        let mut applier = Applier::open(Arc::new(store.clone()), batch_resolver(log)).unwrap();
+        for (i, cmd) in commands.into_iter().enumerate() {
+            let index = i as u64 + 1;
+            let entry = Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(cmd.clone()),
+            };
+            store.append(&[(index, codec::entry_to_bytes(&entry))]).unwrap();
+            let mut wb = WriteBatch::new();
+            let mut changes = Changes::default();
+            applier.apply(index, &cmd, &mut wb, &mut changes);
+            store.write(wb).unwrap();
+            applier.publish(&changes);
+        }
+        applier
+    }
+
+    #[test]
+    fn snapshot_carries_batches_inline_to_a_node_without_the_log() {
+        let source = MemStore::new();
+        let applier = applied(
+            &source,
+            vec![
+                Command::CreateTopic { name: "t".into(), partitions: 1, created_ms: 0 },
+                Command::Produce { topic: "t".into(), partition: 0, batch: batch("one") },
+                Command::Produce { topic: "t".into(), partition: 0, batch: batch("two") },
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw");
+        let out = dir.path().join("out");
+        let mut file = std::fs::File::create(&raw).unwrap();
+        source.export(&mut file).unwrap();
+        inline_messages(&raw, &out, &applier.shared()).unwrap();
+
+        // The receiving node has an empty Raft log: every batch must come from the snapshot.
+        let target = MemStore::new();
+        target.import(&mut std::fs::File::open(&out).unwrap()).unwrap();
+        let empty_log: Arc<dyn LogStore> = Arc::new(MemStore::new());
+        let restored = Applier::open(Arc::new(target), batch_resolver(empty_log)).unwrap();
+        let shared = restored.shared();
+        let handle = shared.partition("t", PartitionIndex(0)).unwrap();
+        assert_eq!(handle.high_watermark(), Offset(2));
+        let batches = shared.read(&handle, Offset(0), 1 << 20).unwrap();
+        let values: Vec<Bytes> = batches
+            .iter()
+            .map(|b| {
+                ferry_protocol::RecordBatch::parse(b.bytes.clone())
+                    .unwrap()
+                    .records()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .value
+            })
+            .collect();
+        assert_eq!(values, vec![Bytes::from("one"), Bytes::from("two")]);
+    }
+
+    #[test]
+    fn message_values_round_trip() {
+        for v in [MessageValue::InLog(42), MessageValue::Inline(Bytes::from_static(b"abc"))] {
+            assert_eq!(MessageValue::decode(v.encode()).unwrap(), v);
+        }
+        assert!(MessageValue::decode(Bytes::from_static(b"\x07")).is_err());
+        assert!(MessageValue::decode(Bytes::from_static(b"\x01\x00")).is_err());
     }
 }

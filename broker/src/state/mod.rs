@@ -91,6 +91,69 @@ impl PartitionRecord {
     }
 }
 
+/// Reads the record batch carried by the Raft log entry at an index. Supplied by the replication
+/// module, which owns the entry format.
+pub type BatchResolver = Arc<dyn Fn(u64) -> Result<Bytes, StateError> + Send + Sync>;
+
+/// The value stored for one batch in the messages family.
+///
+/// ```text
+/// message value := 0x01 | log_index:u64be     the batch is in the Raft log entry at log_index
+///                | 0x02 | batch bytes         the batch itself (written by snapshot import)
+/// ```
+///
+/// Why a pointer: the batch bytes are already durable in the Raft log, whose keys are
+/// sequential, so RocksDB moves its files down the levels without rewriting them. Copying the
+/// bytes into this family as well doubled the bytes written and, with partitions interleaved in
+/// one key space, made every compaction rewrite them (profiled: flush + compaction + LZ4 took
+/// most of a leader's CPU). The Raft log is therefore never purged below an applied produce
+/// while a pointer refers to it; snapshots carry the bytes inline instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageValue {
+    /// In the Raft log at this index.
+    InLog(u64),
+    /// The batch bytes themselves.
+    Inline(Bytes),
+}
+
+const MESSAGE_IN_LOG: u8 = 0x01;
+const MESSAGE_INLINE: u8 = 0x02;
+
+impl MessageValue {
+    /// Encodes the value.
+    pub fn encode(&self) -> Bytes {
+        match self {
+            MessageValue::InLog(index) => {
+                let mut buf = BytesMut::with_capacity(9);
+                buf.put_u8(MESSAGE_IN_LOG);
+                buf.put_u64(*index);
+                buf.freeze()
+            }
+            MessageValue::Inline(batch) => {
+                let mut buf = BytesMut::with_capacity(1 + batch.len());
+                buf.put_u8(MESSAGE_INLINE);
+                buf.extend_from_slice(batch);
+                buf.freeze()
+            }
+        }
+    }
+
+    /// Decodes a stored value; `Inline` is a zero-copy slice.
+    pub fn decode(mut value: Bytes) -> DecodeResult<MessageValue> {
+        match wire::get_u8(&mut value, "message.tag")? {
+            MESSAGE_IN_LOG => {
+                let index = wire::get_u64(&mut value, "message.log_index")?;
+                Ok(MessageValue::InLog(index))
+            }
+            MESSAGE_INLINE => Ok(MessageValue::Inline(value)),
+            other => Err(ferry_protocol::DecodeError::Invalid {
+                what: "message.tag",
+                detail: format!("{other}"),
+            }),
+        }
+    }
+}
+
 /// Errors on the state's read or apply paths.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -182,10 +245,14 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Loads metadata from `store` and publishes it to a fresh [`SharedState`].
-    pub fn open(store: Arc<dyn StateStore>) -> Result<Applier, StateError> {
+    /// Loads metadata from `store` and publishes it to a fresh [`SharedState`], which reads
+    /// batches kept in the Raft log through `resolver`.
+    pub fn open(
+        store: Arc<dyn StateStore>,
+        resolver: BatchResolver,
+    ) -> Result<Applier, StateError> {
         let meta = Meta::load(store.as_ref())?;
-        let shared = Arc::new(SharedState::new(store.clone()));
+        let shared = Arc::new(SharedState::new(store.clone(), resolver));
         shared.publish_all(&meta);
         Ok(Applier { store, meta, shared })
     }
@@ -207,9 +274,11 @@ impl Applier {
         Ok(())
     }
 
-    /// Applies one command, adding its writes to `batch` and noting what changed.
+    /// Applies one command, carried by the Raft entry at `log_index`, adding its writes to
+    /// `batch` and noting what changed.
     pub fn apply(
         &mut self,
+        log_index: u64,
         command: &Command,
         batch: &mut WriteBatch,
         changes: &mut Changes,
@@ -220,7 +289,7 @@ impl Applier {
             }
             Command::DeleteTopic { name } => self.delete_topic(name, batch, changes),
             Command::Produce { topic, partition, batch: bytes } => {
-                self.produce(topic, *partition, bytes, batch, changes)
+                self.produce(log_index, topic, *partition, bytes, batch, changes)
             }
         }
     }
@@ -287,6 +356,7 @@ impl Applier {
 
     fn produce(
         &mut self,
+        log_index: u64,
         topic: &str,
         partition: u32,
         bytes: &Bytes,
@@ -313,7 +383,11 @@ impl Applier {
         };
         let base = p.next_offset;
         p.next_offset = base.saturating_add(u64::from(count));
-        batch.put(Cf::Messages, keys::message_key(id, base).to_vec(), bytes.clone());
+        batch.put(
+            Cf::Messages,
+            keys::message_key(id, base).to_vec(),
+            MessageValue::InLog(log_index).encode(),
+        );
         batch.put(Cf::State, keys::partition_key(id).to_vec(), p.encode());
         changes.partitions.push(id);
         CommandResponse::Produced { base_offset: Offset(base), count }
@@ -344,6 +418,7 @@ struct ReadIndex {
 /// The read side of the state, shared by every handler.
 pub struct SharedState {
     store: Arc<dyn StateStore>,
+    resolver: BatchResolver,
     index: RwLock<ReadIndex>,
 }
 
@@ -373,8 +448,16 @@ impl PartitionHandle {
 }
 
 impl SharedState {
-    fn new(store: Arc<dyn StateStore>) -> Self {
-        SharedState { store, index: RwLock::new(ReadIndex::default()) }
+    fn new(store: Arc<dyn StateStore>, resolver: BatchResolver) -> Self {
+        SharedState { store, resolver, index: RwLock::new(ReadIndex::default()) }
+    }
+
+    /// The batch bytes a messages-family value stands for.
+    pub fn resolve(&self, value: Bytes) -> Result<Bytes, StateError> {
+        match MessageValue::decode(value).map_err(corrupt)? {
+            MessageValue::Inline(batch) => Ok(batch),
+            MessageValue::InLog(index) => (self.resolver)(index),
+        }
     }
 
     fn publish_all(&self, meta: &Meta) {
@@ -527,8 +610,9 @@ impl SharedState {
                 }
                 from = k.to_vec();
                 from.push(0);
-                bytes += v.len();
-                out.push(FetchedBatch { base_offset: Offset(base), bytes: v });
+                let batch = self.resolve(v)?;
+                bytes += batch.len();
+                out.push(FetchedBatch { base_offset: Offset(base), bytes: batch });
                 if bytes >= max_bytes {
                     return Ok(out);
                 }

@@ -4,8 +4,7 @@
 // Test helpers panic on unexpected errors: the panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-// mod cluster;
-#[allow(dead_code)]
+mod cluster;
 mod harness;
 mod membership;
 mod single;

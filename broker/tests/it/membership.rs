@@ -46,6 +46,31 @@ async fn node_joins_as_voter_and_is_removed() {
         assert_eq!(r.base_offset, Offset(i));
     }
 
+    // Enough data that the new node needs many append-entries rounds of large batches to
+    // catch up (each round must finish within openraft's heartbeat-sized RPC timeout).
+    let big = {
+        let mut b = RecordBatchBuilder::new(0, 0, 0);
+        for _ in 0..500 {
+            b.push(&Record {
+                timestamp_ms: 1,
+                key: None,
+                headers: vec![],
+                value: Bytes::from(vec![7u8; 1024]),
+            });
+        }
+        b.finish()
+    };
+    for _ in 0..40 {
+        client
+            .call(&ProduceRequest {
+                topic: "m".into(),
+                partition: PartitionIndex(0),
+                batch: big.clone(),
+            })
+            .await
+            .unwrap();
+    }
+
     let addr = cluster.spawn_joining(4);
     client.call(&AddNodeRequest { node_id: NodeId(4), addr }).await.unwrap();
     let leader = cluster.leader().await;
@@ -76,5 +101,5 @@ async fn node_joins_as_voter_and_is_removed() {
         })
         .await
         .unwrap();
-    assert_eq!(r.base_offset, Offset(50));
+    assert_eq!(r.base_offset, Offset(50 + 40 * 500));
 }

@@ -1,0 +1,190 @@
+//! Three-node cluster tests: throughput-shaped produce/consume, leader SIGKILL during produce,
+//! follower catch-up, full restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_consumer::{Consumer, ConsumerConfig, StartFrom};
+use ferry_producer::{Message, Producer, ProducerConfig};
+use ferry_protocol::messages::CreateTopicRequest;
+use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions, PartitionIndex};
+use futures_util::StreamExt;
+
+use crate::harness::{Cluster, WAIT_MAX};
+
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: u32) {
+    let client = ClusterClient::new(ClusterOptions::new(
+        bootstrap,
+        ConnectOptions::new("test-admin", ClientKind::Admin),
+    ))
+    .unwrap();
+    client.call(&CreateTopicRequest { name: name.into(), partitions }).await.unwrap();
+}
+
+fn producer_config(bootstrap: &str) -> ProducerConfig {
+    let mut c = ProducerConfig::new(bootstrap);
+    c.linger = Duration::from_millis(2);
+    c.retry_deadline = Duration::from_secs(60);
+    c
+}
+
+/// Value layout: "p<partition>-<seq>".
+fn value(partition: u32, seq: u64) -> Bytes {
+    Bytes::from(format!("p{partition}-{seq}"))
+}
+
+fn parse_value(v: &[u8]) -> (u32, u64) {
+    let s = std::str::from_utf8(v).unwrap();
+    let (p, seq) = s.trim_start_matches('p').split_once('-').unwrap();
+    (p.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// Reads `topic` from the earliest offset until `expected` messages arrived; returns the values
+/// per partition in delivery order.
+pub async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+) -> BTreeMap<u32, Vec<(u64, Bytes)>> {
+    let mut config = ConsumerConfig::new(bootstrap, topic);
+    config.start = StartFrom::Earliest;
+    config.retry_deadline = Duration::from_secs(60);
+    let mut consumer = Consumer::connect(config).await.unwrap();
+    let mut out: BTreeMap<u32, Vec<(u64, Bytes)>> = BTreeMap::new();
+    let mut seen = 0usize;
+    let deadline = Instant::now() + WAIT_MAX * 2;
+    while seen < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(left, consumer.next()).await;
+        let msg = match next {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => panic!("consumer failed after {seen} messages: {e}"),
+            Ok(None) => panic!("consumer ended after {seen} of {expected} messages"),
+            Err(_) => panic!("timed out after {seen} of {expected} messages"),
+        };
+        out.entry(msg.partition.0).or_default().push((msg.offset.0, msg.value));
+        seen += 1;
+    }
+    consumer.close().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_messages_over_four_partitions_in_order() {
+    const PARTITIONS: u32 = 4;
+    const PER_PARTITION: u64 = 25_000;
+    let cluster = Cluster::start(3).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "orders", PARTITIONS).await;
+
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+    let mut acks = Vec::new();
+    for seq in 0..PER_PARTITION {
+        for p in 0..PARTITIONS {
+            let msg = Message::new(value(p, seq)).to_partition(PartitionIndex(p));
+            acks.push(producer.send("orders", msg).await.unwrap());
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    producer.close().await.unwrap();
+
+    let got = consume(&bootstrap, "orders", (PARTITIONS as u64 * PER_PARTITION) as usize).await;
+    assert_eq!(got.len(), PARTITIONS as usize);
+    for (p, msgs) in &got {
+        assert_eq!(msgs.len() as u64, PER_PARTITION, "partition {p} count");
+        for (i, (offset, v)) in msgs.iter().enumerate() {
+            assert_eq!(*offset, i as u64, "partition {p} offsets are dense and in order");
+            assert_eq!(parse_value(v), (*p, i as u64), "partition {p} order");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_during_produce_loses_no_acknowledged_message() {
+    let mut cluster = Cluster::start(3).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "events", 2).await;
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+
+    let mut acked: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut seq = 0u64;
+    // Phase 1: produce, kill the leader halfway through, keep producing.
+    let old_leader = cluster.leader().await;
+    for round in 0..2 {
+        if round == 1 {
+            cluster.kill(old_leader);
+        }
+        let mut pending = Vec::new();
+        for _ in 0..2_000 {
+            let p = (seq % 2) as u32;
+            let msg = Message::new(value(p, seq)).to_partition(PartitionIndex(p));
+            pending.push(((p, seq), producer.send("events", msg).await.unwrap()));
+            seq += 1;
+        }
+        for (id, ack) in pending {
+            // Acknowledged means quorum durable; an error here is allowed only before the kill
+            // took effect and is then not counted as acknowledged.
+            if ack.await.is_ok() {
+                acked.insert(id);
+            }
+        }
+    }
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader, "a new leader took over");
+    assert!(acked.len() >= 3_000, "the producer carried on after failover: {} acked", acked.len());
+    producer.close().await.unwrap();
+
+    let total: usize = acked.len();
+    let got = consume(&bootstrap, "events", total).await;
+    let read: BTreeSet<(u32, u64)> = got.values().flatten().map(|(_, v)| parse_value(v)).collect();
+    let lost: Vec<_> = acked.difference(&read).take(10).collect();
+    assert!(lost.is_empty(), "acknowledged messages lost: {lost:?}");
+
+    // The killed node comes back and catches up.
+    cluster.restart(old_leader);
+    cluster.wait_caught_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_follower_catches_up_and_full_restart_keeps_everything() {
+    let mut cluster = Cluster::start(3).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "audit", 3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    cluster.stop(follower);
+
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+    let mut pending = Vec::new();
+    for seq in 0..3_000u64 {
+        let p = (seq % 3) as u32;
+        let msg = Message::new(value(p, seq)).to_partition(PartitionIndex(p));
+        pending.push(producer.send("audit", msg).await.unwrap());
+    }
+    for ack in pending {
+        ack.await.unwrap();
+    }
+    producer.close().await.unwrap();
+
+    cluster.restart(follower);
+    cluster.wait_caught_up().await;
+    let leader_status = cluster.status(cluster.leader().await).await.unwrap();
+    let follower_status = cluster.status(follower).await.unwrap();
+    assert!(follower_status.applied_index >= leader_status.last_log_index);
+
+    // Crash every node (SIGKILL) and start them again; everything acknowledged is still there.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    cluster.leader().await;
+    let got = consume(&bootstrap, "audit", 3_000).await;
+    let read: BTreeSet<u64> = got.values().flatten().map(|(_, v)| parse_value(v).1).collect();
+    assert_eq!(read.len(), 3_000);
+    assert_eq!(read.iter().next_back().copied(), Some(2_999));
+}
