@@ -1,0 +1,390 @@
+//! Results of a run: the latency histogram (HDR, microsecond resolution), percentile summaries
+//! and the two outputs — a short human summary or one JSON object. Called by the workload
+//! drivers (recording) and by [`crate::run`] (printing).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Largest latency the histogram tracks; larger values are clamped to it (1 hour).
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// Significant decimal digits kept by the histogram.
+const LATENCY_SIGFIG: u8 = 3;
+
+/// Bytes in a reported megabyte (decimal: MB/s means 10^6 bytes per second).
+const BYTES_PER_MB: f64 = 1_000_000.0;
+
+/// Per-message latencies in microseconds.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    hist: Histogram<u64>,
+}
+
+impl LatencyHistogram {
+    /// An empty histogram covering 1 µs ..= 1 h with 3 significant digits.
+    pub fn new() -> LatencyHistogram {
+        // The bounds are constants that satisfy hdrhistogram's preconditions (low >= 1,
+        // high >= 2 * low, sigfig <= 5), so construction cannot fail.
+        #[allow(clippy::expect_used)]
+        let hist = Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGFIG)
+            .expect("constant histogram bounds are valid");
+        LatencyHistogram { hist }
+    }
+
+    /// Records one latency (clamped into the tracked range).
+    pub fn record(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.record_us(us);
+    }
+
+    /// Records one latency given in microseconds (clamped into the tracked range).
+    pub fn record_us(&mut self, us: u64) {
+        self.hist.saturating_record(us.clamp(1, LATENCY_US_MAX));
+    }
+
+    /// Adds every value of `other`.
+    ///
+    /// # Errors
+    /// Only if `other` holds values outside this histogram's range, which histograms made by
+    /// [`LatencyHistogram::new`] never do.
+    pub fn merge(&mut self, other: &LatencyHistogram) -> anyhow::Result<()> {
+        self.hist
+            .add(&other.hist)
+            .map_err(|e| anyhow::anyhow!("cannot merge latency histograms: {e:?}"))
+    }
+
+    /// Number of values recorded.
+    pub fn len(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.hist.is_empty()
+    }
+
+    /// Percentiles in milliseconds, or `None` if nothing was recorded.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        if self.hist.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(LatencySummary {
+            count: self.hist.len(),
+            p50: ms(self.hist.value_at_quantile(0.50)),
+            p99: ms(self.hist.value_at_quantile(0.99)),
+            p99_9: ms(self.hist.value_at_quantile(0.999)),
+            max: ms(self.hist.max()),
+        })
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram::new()
+    }
+}
+
+/// Latency percentiles in milliseconds (HDR histogram values: 3 significant digits).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p99_9: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+/// What a latency figure measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyKind {
+    /// From just before `send()` to the broker's acknowledgement.
+    SendToAck,
+    /// From just before `send()` to the consumer yielding the message.
+    SendToConsume,
+}
+
+impl LatencyKind {
+    fn label(self) -> &'static str {
+        match self {
+            LatencyKind::SendToAck => "send->ack",
+            LatencyKind::SendToConsume => "send->consume",
+        }
+    }
+}
+
+/// Everything one run reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchResult {
+    /// `ferry` or `nats`.
+    pub system: &'static str,
+    /// `produce`, `consume` or `e2e`.
+    pub workload: &'static str,
+    /// Topic or stream.
+    pub topic: String,
+    /// Partitions (NATS: subjects) messages were spread over or read from.
+    pub partitions: u32,
+    /// Payload bytes per message.
+    pub size_bytes: u64,
+    /// Producer (and consumer) instances.
+    pub concurrency: u64,
+    /// Consumer instances (consume, e2e).
+    pub consumers: Option<u64>,
+    /// Target send rate in messages per second, if paced.
+    pub rate_target: Option<u64>,
+    /// Messages sent before measuring.
+    pub warmup: u64,
+    /// Messages measured: acknowledged (produce) or received (consume, e2e).
+    pub messages: u64,
+    /// Payload bytes of those messages.
+    pub bytes: u64,
+    /// Seconds from the start of measuring to the last acknowledgement or receipt.
+    pub elapsed_s: f64,
+    /// `messages / elapsed_s`.
+    pub msgs_per_s: f64,
+    /// `bytes / elapsed_s / 10^6`.
+    pub mb_per_s: f64,
+    /// What `latency_ms` measures.
+    pub latency_kind: Option<LatencyKind>,
+    /// Primary latency percentiles (produce: send->ack; e2e: send->consume).
+    pub latency_ms: Option<LatencySummary>,
+    /// Producer send->ack latency during an e2e run.
+    pub ack_latency_ms: Option<LatencySummary>,
+    /// Sends that failed (no ack) or reads that failed.
+    pub errors: u64,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+    /// Why reading stopped early, if it did (e.g. nothing arrived for the idle timeout).
+    pub incomplete: Option<String>,
+}
+
+/// Messages per second and MB per second over `elapsed` (0 for an empty span).
+pub fn rates(messages: u64, bytes: u64, elapsed: Duration) -> (f64, f64) {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return (0.0, 0.0);
+    }
+    (messages as f64 / secs, bytes as f64 / secs / BYTES_PER_MB)
+}
+
+/// A millisecond value with three decimals (microsecond resolution).
+pub fn format_ms(ms: f64) -> String {
+    format!("{ms:.3}")
+}
+
+/// `p50 1.234  p99 5.678  p99.9 9.100  max 12.300 ms (n=…)`.
+pub fn format_latency(summary: &LatencySummary) -> String {
+    format!(
+        "p50 {}  p99 {}  p99.9 {}  max {} ms  (n={})",
+        format_ms(summary.p50),
+        format_ms(summary.p99),
+        format_ms(summary.p99_9),
+        format_ms(summary.max),
+        summary.count
+    )
+}
+
+impl BenchResult {
+    /// The short human summary (several lines, ending in a newline).
+    pub fn to_human(&self) -> String {
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "{} {}: topic={} partitions={} size={} B concurrency={}",
+            self.system,
+            self.workload,
+            self.topic,
+            self.partitions,
+            self.size_bytes,
+            self.concurrency
+        );
+        if let Some(c) = self.consumers {
+            let _ = write!(out, " consumers={c}");
+        }
+        if let Some(r) = self.rate_target {
+            let _ = write!(out, " rate={r}/s");
+        }
+        if self.warmup > 0 {
+            let _ = write!(out, " warmup={}", self.warmup);
+        }
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "  messages    {} ({:.1} MB) in {:.3} s",
+            self.messages,
+            self.bytes as f64 / BYTES_PER_MB,
+            self.elapsed_s
+        );
+        let _ =
+            writeln!(out, "  throughput  {:.0} msgs/s, {:.2} MB/s", self.msgs_per_s, self.mb_per_s);
+        if let (Some(kind), Some(lat)) = (self.latency_kind, &self.latency_ms) {
+            let _ = writeln!(out, "  latency     {}: {}", kind.label(), format_latency(lat));
+        }
+        if let Some(lat) = &self.ack_latency_ms {
+            let _ = writeln!(
+                out,
+                "  ack latency {}: {}",
+                LatencyKind::SendToAck.label(),
+                format_latency(lat)
+            );
+        }
+        if self.errors > 0 {
+            let _ = writeln!(
+                out,
+                "  errors      {} (first: {})",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        if let Some(why) = &self.incomplete {
+            let _ = writeln!(out, "  INCOMPLETE  {why}");
+        }
+        out
+    }
+
+    /// One JSON object on one line.
+    ///
+    /// # Errors
+    /// Only if serialisation fails, which plain data does not.
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In a test a failed unwrap is a failed test, which is the point.
+mod tests {
+    use super::*;
+
+    fn sample() -> BenchResult {
+        let mut h = LatencyHistogram::new();
+        for us in 1..=1000u64 {
+            h.record_us(us * 10); // 0.01 ms ..= 10 ms, uniform
+        }
+        BenchResult {
+            system: "ferry",
+            workload: "produce",
+            topic: "bench".into(),
+            partitions: 4,
+            size_bytes: 1024,
+            concurrency: 2,
+            consumers: None,
+            rate_target: None,
+            warmup: 0,
+            messages: 1000,
+            bytes: 1_024_000,
+            elapsed_s: 0.5,
+            msgs_per_s: 2000.0,
+            mb_per_s: 2.048,
+            latency_kind: Some(LatencyKind::SendToAck),
+            latency_ms: h.summary(),
+            ack_latency_ms: None,
+            errors: 0,
+            first_error: None,
+            incomplete: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut h = LatencyHistogram::new();
+        assert!(h.summary().is_none());
+        for us in 1..=1000u64 {
+            h.record_us(us * 10);
+        }
+        let s = h.summary().unwrap();
+        assert_eq!(s.count, 1000);
+        // 3 significant digits: values are exact to within 0.1%.
+        assert!((s.p50 - 5.0).abs() <= 0.01, "p50 {}", s.p50);
+        assert!((s.p99 - 9.9).abs() <= 0.01, "p99 {}", s.p99);
+        assert!((s.p99_9 - 9.99).abs() <= 0.01, "p99.9 {}", s.p99_9);
+        assert!((s.max - 10.0).abs() <= 0.01, "max {}", s.max);
+    }
+
+    #[test]
+    fn out_of_range_values_are_clamped_and_durations_recorded() {
+        let mut h = LatencyHistogram::new();
+        h.record(Duration::ZERO);
+        h.record(Duration::from_secs(10 * 3600));
+        h.record(Duration::from_micros(1500));
+        assert_eq!(h.len(), 3);
+        let s = h.summary().unwrap();
+        assert!(s.max >= 3_599_000.0 && s.max <= 3_601_000.0, "max {}", s.max);
+        assert!((s.p50 - 1.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn histograms_merge() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        a.record_us(100);
+        b.record_us(200);
+        b.record_us(300);
+        a.merge(&b).unwrap();
+        assert_eq!(a.len(), 3);
+        assert!((a.summary().unwrap().max - 0.3).abs() < 0.001);
+    }
+
+    #[test]
+    fn rates_are_per_second_in_decimal_megabytes() {
+        assert_eq!(rates(1000, 2_000_000, Duration::from_millis(500)), (2000.0, 4.0));
+        assert_eq!(rates(5, 5, Duration::ZERO), (0.0, 0.0));
+    }
+
+    #[test]
+    fn milliseconds_have_three_decimals() {
+        assert_eq!(format_ms(1.5), "1.500");
+        assert_eq!(format_ms(0.0004), "0.000");
+        assert_eq!(format_ms(12.3456), "12.346");
+        let s = LatencySummary { count: 9, p50: 1.0, p99: 2.5, p99_9: 3.25, max: 4.0 };
+        assert_eq!(format_latency(&s), "p50 1.000  p99 2.500  p99.9 3.250  max 4.000 ms  (n=9)");
+    }
+
+    #[test]
+    fn human_summary_has_throughput_and_latency() {
+        let text = sample().to_human();
+        assert!(text.starts_with("ferry produce: topic=bench partitions=4 size=1024 B"), "{text}");
+        assert!(text.contains("messages    1000 (1.0 MB) in 0.500 s"), "{text}");
+        assert!(text.contains("throughput  2000 msgs/s, 2.05 MB/s"), "{text}");
+        // HDR reports the highest value equivalent to a bucket: 5000 µs shows as 5.003 ms.
+        assert!(
+            text.contains(
+                "latency     send->ack: p50 5.003  p99 9.903  p99.9 9.991  max 10.007 ms  (n=1000)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("errors"));
+        let mut failed = sample();
+        failed.errors = 2;
+        failed.first_error = Some("boom".into());
+        failed.incomplete = Some("idle".into());
+        let text = failed.to_human();
+        assert!(text.contains("errors      2 (first: boom)"), "{text}");
+        assert!(text.contains("INCOMPLETE  idle"), "{text}");
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let json = sample().to_json().unwrap();
+        assert!(!json.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["system"], "ferry");
+        assert_eq!(v["workload"], "produce");
+        assert_eq!(v["messages"], 1000);
+        assert_eq!(v["msgs_per_s"], 2000.0);
+        assert_eq!(v["latency_kind"], "send_to_ack");
+        assert_eq!(v["latency_ms"]["count"], 1000);
+        assert!(v["latency_ms"]["p99_9"].as_f64().unwrap() > 9.9);
+        assert!(v["ack_latency_ms"].is_null());
+        assert!(v["rate_target"].is_null());
+    }
+}
