@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use ferry_protocol::frame::{self, ErrorBody, RequestHeader, ResponseHeader};
+use ferry_protocol::frame::{
+    self, ErrorBody, FrameEncoder, OutFrame, RequestHeader, ResponseHeader,
+};
 use ferry_protocol::{ApiKey, ClientKind, Encode, ErrorCode};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,10 +61,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: Cancellat
 async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationToken) {
     let (read_half, write_half) = stream.into_split();
     let codec = frame::codec(ctx.config.frame_bytes_max);
-    let mut reader = FramedRead::new(read_half, codec.clone());
-    let mut writer = FramedWrite::new(write_half, codec);
+    let mut reader = FramedRead::new(read_half, codec);
+    let mut writer = FramedWrite::new(write_half, FrameEncoder::new(ctx.config.frame_bytes_max));
     let in_flight_max = ctx.config.requests_in_flight_per_connection_max;
-    let (tx, mut rx) = mpsc::channel::<Bytes>(in_flight_max);
+    let (tx, mut rx) = mpsc::channel::<OutFrame>(in_flight_max);
     let closed = CancellationToken::new();
 
     let writer_closed = closed.clone();
@@ -76,7 +78,7 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
                 }
                 next = rx.try_recv().ok();
             }
-            if SinkExt::<Bytes>::flush(&mut writer).await.is_err() {
+            if SinkExt::<OutFrame>::flush(&mut writer).await.is_err() {
                 writer_closed.cancel();
                 return;
             }
@@ -160,22 +162,21 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
     let _ = write_task.await;
 }
 
-fn response_frame(correlation_id: u32, result: Result<Bytes, ReplicaError>) -> Bytes {
+fn response_frame(correlation_id: u32, result: Result<Bytes, ReplicaError>) -> OutFrame {
     match result {
         Ok(body) => {
-            let mut buf = BytesMut::with_capacity(frame::RESPONSE_HEADER_BYTES + body.len());
+            let mut head = BytesMut::with_capacity(frame::RESPONSE_HEADER_BYTES);
             ResponseHeader { correlation_id, error_code: ErrorCode::None, flags: 0 }
-                .encode(&mut buf);
-            buf.extend_from_slice(&body);
-            buf.freeze()
+                .encode(&mut head);
+            OutFrame { head: head.freeze(), body }
         }
         Err(e) => error_frame(correlation_id, &e),
     }
 }
 
-fn error_frame(correlation_id: u32, e: &ReplicaError) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64 + e.message.len());
-    ResponseHeader { correlation_id, error_code: e.code, flags: 0 }.encode(&mut buf);
-    ErrorBody { message: e.message.clone(), leader: e.leader.clone() }.encode(&mut buf);
-    buf.freeze()
+fn error_frame(correlation_id: u32, e: &ReplicaError) -> OutFrame {
+    let mut head = BytesMut::with_capacity(64 + e.message.len());
+    ResponseHeader { correlation_id, error_code: e.code, flags: 0 }.encode(&mut head);
+    ErrorBody { message: e.message.clone(), leader: e.leader.clone() }.encode(&mut head);
+    OutFrame { head: head.freeze(), body: Bytes::new() }
 }

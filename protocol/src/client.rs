@@ -16,7 +16,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiKey, ErrorCode};
-use crate::frame::{self, ErrorBody, LeaderHint, RequestHeader, ResponseHeader, FLAG_PUSH};
+use crate::frame::{
+    self, ErrorBody, FrameEncoder, LeaderHint, OutFrame, RequestHeader, ResponseHeader, FLAG_PUSH,
+};
 use crate::messages::{HandshakeRequest, HandshakeResponse, Request};
 use crate::types::ClientKind;
 use crate::wire::{Decode, DecodeError, Encode};
@@ -200,8 +202,8 @@ impl Connection {
         stream.set_nodelay(true).map_err(ClientError::Io)?;
         let (read_half, write_half) = stream.into_split();
         let codec = frame::codec(opts.frame_bytes_max);
-        let reader = FramedRead::new(read_half, codec.clone());
-        let writer = FramedWrite::new(write_half, codec);
+        let reader = FramedRead::new(read_half, codec);
+        let writer = FramedWrite::new(write_half, FrameEncoder::new(opts.frame_bytes_max));
         let in_flight_max = opts.in_flight_max.max(1);
         let (tx, rx) = mpsc::channel(in_flight_max);
         let pending: Arc<Mutex<HashMap<u32, Reply>>> = Arc::default();
@@ -334,7 +336,7 @@ async fn send_raw(
     })
 }
 
-type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, tokio_util::codec::LengthDelimitedCodec>;
+type Writer = FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameEncoder>;
 type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, tokio_util::codec::LengthDelimitedCodec>;
 
 /// Owns the write half: assigns correlation ids, registers the reply slot, writes frames, and
@@ -356,25 +358,24 @@ async fn write_loop(
         while let Some(out) = burst.take() {
             let id = next_id;
             next_id = next_id.wrapping_add(1).max(1);
-            let mut frame = BytesMut::with_capacity(frame::REQUEST_HEADER_BYTES + out.body.len());
+            let mut head = BytesMut::with_capacity(frame::REQUEST_HEADER_BYTES);
             RequestHeader {
                 api_key: out.api_key,
                 api_version: out.api_version,
                 correlation_id: id,
                 flags: 0,
             }
-            .encode(&mut frame);
-            frame.extend_from_slice(&out.body);
+            .encode(&mut head);
             if let Ok(mut map) = pending.lock() {
                 map.insert(id, out.reply);
             }
-            if writer.feed(frame.freeze()).await.is_err() {
+            if writer.feed(OutFrame { head: head.freeze(), body: out.body }).await.is_err() {
                 failed = true;
                 break;
             }
             burst = rx.try_recv().ok();
         }
-        if failed || SinkExt::<Bytes>::flush(&mut writer).await.is_err() {
+        if failed || SinkExt::<OutFrame>::flush(&mut writer).await.is_err() {
             break;
         }
     }
