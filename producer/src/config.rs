@@ -9,8 +9,12 @@ use crate::error::ProducerError;
 
 /// Default time a batch waits for more records before it is sent.
 pub const LINGER_DEFAULT: Duration = Duration::from_millis(5);
-/// Default size at which a batch is closed and sent, in bytes.
-pub const BATCH_BYTES_MAX_DEFAULT: usize = 256 * 1024;
+/// Default size at which a batch is closed and sent, in bytes. With one request in flight per
+/// partition, the batch size bounds a partition's throughput per commit round trip: on a
+/// 3-node cluster 1 MiB batches gave ~130k msgs/s of 1 KiB against ~105k with 256 KiB
+/// (`ferry-bench produce --partitions 4 --concurrency 4`). Under light load `linger` sends
+/// batches long before they fill, so latency does not change.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Default bound on bytes sent but not yet acknowledged (back-pressure).
 pub const BUFFER_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 /// Default largest single message (key, headers and value encoded), in bytes.
@@ -138,7 +142,7 @@ mod tests {
         let c = ProducerConfig::new("127.0.0.1:7400,localhost:7401");
         c.validate().unwrap();
         assert_eq!(c.linger, Duration::from_millis(5));
-        assert_eq!(c.batch_bytes_max, 256 * 1024);
+        assert_eq!(c.batch_bytes_max, 1024 * 1024);
         assert_eq!(c.buffer_bytes_max, 64 * 1024 * 1024);
     }
 
