@@ -150,7 +150,7 @@ pub fn parse_peers(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         let id: u64 =
             id.trim().parse().with_context(|| format!("peer id {id:?} is not a number"))?;
         let addr = addr.trim();
-        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if !ferry_protocol::cluster::is_host_port(addr) {
             bail!("peer {id} address {addr:?} is not HOST:PORT");
         }
         if peers.insert(id, addr.to_string()).is_some() {

@@ -87,7 +87,7 @@ impl ConsumerConfig {
         if addrs.is_empty() {
             return fail("bootstrap is empty; expected host:port[,host:port...]".into());
         }
-        if let Some(bad) = addrs.iter().find(|a| !is_host_port(a)) {
+        if let Some(bad) = addrs.iter().find(|a| !ferry_protocol::cluster::is_host_port(a)) {
             return fail(format!("bootstrap address {bad:?} is not host:port"));
         }
         if self.client_id.is_empty() {
@@ -118,14 +118,6 @@ impl ConsumerConfig {
             return fail("retry_deadline is zero".into());
         }
         Ok(())
-    }
-}
-
-/// `host:port` with a numeric port (the host itself is left to the resolver).
-fn is_host_port(addr: &str) -> bool {
-    match addr.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
-        None => false,
     }
 }
 

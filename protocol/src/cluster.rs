@@ -51,6 +51,15 @@ impl ClusterOptions {
     }
 }
 
+/// Whether `addr` looks like `host:port` with a numeric port (the host is left to the
+/// resolver). Used to check bootstrap lists before connecting.
+pub fn is_host_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
 /// Splits `a:1, b:2` into addresses, dropping empty items.
 pub fn split_addrs(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()

@@ -9,6 +9,20 @@ use std::time::{Duration, Instant};
 use ferry_protocol::messages::{NodeStatusRequest, NodeStatusResponse};
 use ferry_protocol::{ClientKind, ConnectOptions, Connection};
 
+/// A record batch holding one record per value (producer id 0, timestamp 1).
+pub fn batch_of(values: &[&str]) -> bytes::Bytes {
+    let mut b = ferry_protocol::RecordBatchBuilder::new(0, 0, 0);
+    for v in values {
+        b.push(&ferry_protocol::Record {
+            timestamp_ms: 1,
+            key: None,
+            headers: vec![],
+            value: bytes::Bytes::from(v.to_string()),
+        });
+    }
+    b.finish()
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT_MAX: Duration = Duration::from_secs(60);
 

@@ -10,7 +10,7 @@ use ferry_protocol::{
     PartitionIndex, Record, RecordBatchBuilder,
 };
 
-use crate::harness::{wait_for, Cluster};
+use crate::harness::{batch_of, wait_for, Cluster};
 
 fn admin(bootstrap: &str) -> ClusterClient {
     let mut opts = ConnectOptions::new("test-admin", ClientKind::Admin);
@@ -19,14 +19,7 @@ fn admin(bootstrap: &str) -> ClusterClient {
 }
 
 fn one_record_batch(v: &str) -> Bytes {
-    let mut b = RecordBatchBuilder::new(0, 0, 0);
-    b.push(&Record {
-        timestamp_ms: 1,
-        key: None,
-        headers: vec![],
-        value: Bytes::from(v.to_string()),
-    });
-    b.finish()
+    batch_of(&[v])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use ferry_broker::{Broker, Config};
 use ferry_protocol::messages::*;
 use ferry_protocol::{
     ApiKey, ClientError, ClientKind, ConnectOptions, Connection, ErrorCode, Offset, PartitionIndex,
-    Record, RecordBatch, RecordBatchBuilder,
+    RecordBatch,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -38,18 +38,7 @@ async fn connect(broker: &Broker) -> Connection {
     }
 }
 
-fn batch(values: &[&str]) -> Bytes {
-    let mut b = RecordBatchBuilder::new(0, 0, 0);
-    for v in values {
-        b.push(&Record {
-            timestamp_ms: 1,
-            key: None,
-            headers: vec![],
-            value: Bytes::from(v.to_string()),
-        });
-    }
-    b.finish()
-}
+use crate::harness::batch_of as batch;
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
