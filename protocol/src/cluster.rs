@@ -280,3 +280,43 @@ fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + half.mul_f64(fastrand::f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::NodeStatusRequest;
+    use crate::types::ClientKind;
+
+    #[test]
+    fn host_port_check() {
+        assert!(is_host_port("127.0.0.1:7400"));
+        assert!(is_host_port("broker-1.example:1"));
+        assert!(!is_host_port("127.0.0.1"));
+        assert!(!is_host_port(":7400"));
+        assert!(!is_host_port("h:99999"));
+        assert_eq!(split_addrs(" a:1, ,b:2 "), vec!["a:1".to_string(), "b:2".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn unreachable_cluster_is_reported_after_the_deadline() {
+        // A port nobody listens on: bind, note it, close.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let mut opts = ClusterOptions::new(&addr, ConnectOptions::new("t", ClientKind::Admin));
+        opts.retry.deadline = Duration::from_millis(300);
+        let client = ClusterClient::new(opts).unwrap();
+        let started = Instant::now();
+        let err = client.call(&NodeStatusRequest).await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { attempts, .. } if attempts >= 2), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!err.is_retriable());
+    }
+
+    #[test]
+    fn empty_bootstrap_is_refused() {
+        let opts = ClusterOptions::new(" , ", ConnectOptions::new("t", ClientKind::Admin));
+        assert!(ClusterClient::new(opts).is_err());
+    }
+}
