@@ -298,6 +298,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_is_valid() {
+        // ops/deploy/ferry.example.toml documents every key; it must parse and validate as is.
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ops/deploy/ferry.example.toml");
+        let c = Config::from_args(Args { config: Some(path), ..Args::default() }).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.frame_bytes_max, d.frame_bytes_max);
+        assert_eq!(c.raft_election_timeout, d.raft_election_timeout);
+        assert_eq!(c.fetch_wait_max, d.fetch_wait_max);
+    }
+
+    #[test]
     fn invalid_settings_are_refused() {
         let args = Args { node_id: Some(0), ..Args::default() };
         assert!(Config::from_args(args).is_err());
