@@ -54,21 +54,22 @@ pub(crate) struct BatchMessages {
 }
 
 impl BatchMessages {
-    /// Opens `batch` (header checked, records decoded lazily).
+    /// Opens `batch` (CRC and structure checked, records decoded lazily).
     pub(crate) fn new(
         topic: Arc<str>,
         partition: PartitionIndex,
         batch: &FetchedBatch,
         from: Offset,
     ) -> Result<BatchMessages, ConsumerError> {
-        let parsed = RecordBatch::from_trusted(batch.bytes.clone()).map_err(|source| {
-            ConsumerError::Corrupt {
+        // The CRC the producer computed is checked again here, end to end: a batch damaged
+        // anywhere between the producer and this consumer is an error, never wrong data.
+        let parsed =
+            RecordBatch::parse(batch.bytes.clone()).map_err(|source| ConsumerError::Corrupt {
                 topic: topic.to_string(),
                 partition,
                 offset: batch.base_offset,
                 source,
-            }
-        })?;
+            })?;
         Ok(BatchMessages {
             topic,
             partition,
@@ -316,15 +317,24 @@ mod tests {
             BatchMessages::new(Arc::from("t"), PartitionIndex(0), &bad, Offset(0)),
             Err(ConsumerError::Corrupt { .. })
         ));
-        // Header intact, records cut short.
+        // Header intact, records cut short: the CRC no longer matches.
         let good = batch(0, 3);
         let cut = FetchedBatch {
             base_offset: Offset(0),
             bytes: good.bytes.slice(..good.bytes.len() - 4),
         };
-        let items: Vec<_> = BatchMessages::new(Arc::from("t"), PartitionIndex(0), &cut, Offset(0))
-            .unwrap()
-            .collect();
-        assert!(items.last().unwrap().is_err());
+        assert!(matches!(
+            BatchMessages::new(Arc::from("t"), PartitionIndex(0), &cut, Offset(0)),
+            Err(ConsumerError::Corrupt { .. })
+        ));
+        // One flipped bit in a value is caught too.
+        let mut flipped = good.bytes.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        let flipped = FetchedBatch { base_offset: Offset(0), bytes: Bytes::from(flipped) };
+        assert!(matches!(
+            BatchMessages::new(Arc::from("t"), PartitionIndex(0), &flipped, Offset(0)),
+            Err(ConsumerError::Corrupt { .. })
+        ));
     }
 }
