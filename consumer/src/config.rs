@@ -83,12 +83,8 @@ impl ConsumerConfig {
     /// [`ConsumerError::Config`] for the first field out of range.
     pub fn validate(&self) -> Result<(), ConsumerError> {
         let fail = |detail: String| Err(ConsumerError::Config(detail));
-        let addrs = ferry_protocol::cluster::split_addrs(&self.bootstrap);
-        if addrs.is_empty() {
-            return fail("bootstrap is empty; expected host:port[,host:port...]".into());
-        }
-        if let Some(bad) = addrs.iter().find(|a| !ferry_protocol::cluster::is_host_port(a)) {
-            return fail(format!("bootstrap address {bad:?} is not host:port"));
+        if let Err(detail) = ferry_protocol::cluster::parse_bootstrap(&self.bootstrap) {
+            return fail(detail);
         }
         if self.client_id.is_empty() {
             return fail("client_id is empty".into());

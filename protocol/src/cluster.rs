@@ -60,6 +60,21 @@ pub fn is_host_port(addr: &str) -> bool {
     }
 }
 
+/// Splits and checks a bootstrap list: at least one address, each `host:port`.
+///
+/// # Errors
+/// A sentence naming what is wrong, for a configuration error.
+pub fn parse_bootstrap(list: &str) -> Result<Vec<String>, String> {
+    let addrs = split_addrs(list);
+    if addrs.is_empty() {
+        return Err("bootstrap is empty; expected host:port[,host:port...]".into());
+    }
+    if let Some(bad) = addrs.iter().find(|a| !is_host_port(a)) {
+        return Err(format!("bootstrap address {bad:?} is not host:port"));
+    }
+    Ok(addrs)
+}
+
 /// Splits `a:1, b:2` into addresses, dropping empty items.
 pub fn split_addrs(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
@@ -295,6 +310,9 @@ mod tests {
         assert!(!is_host_port(":7400"));
         assert!(!is_host_port("h:99999"));
         assert_eq!(split_addrs(" a:1, ,b:2 "), vec!["a:1".to_string(), "b:2".to_string()]);
+        assert_eq!(parse_bootstrap("a:1,b:2").unwrap().len(), 2);
+        assert!(parse_bootstrap(" , ").is_err());
+        assert!(parse_bootstrap("a:1,b").is_err());
     }
 
     #[tokio::test]
