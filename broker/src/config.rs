@@ -73,6 +73,20 @@ pub struct FileConfig {
     requests_in_flight_per_connection_max: Option<usize>,
     raft_heartbeat_ms: Option<u64>,
     raft_election_timeout_ms: Option<u64>,
+    txn_check_timeout_ms: Option<u64>,
+    txn_check_backoff_ms: Option<Vec<u64>>,
+    txn_check_max: Option<u32>,
+    txn_check_exhausted: Option<String>,
+    txn_retention_ms: Option<u64>,
+}
+
+/// What happens to a transaction whose last check-back went unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckExhausted {
+    /// Keep it open and parked, for an operator (and alert). Never silently discarded.
+    Park,
+    /// Roll it back.
+    Rollback,
 }
 
 /// Log output format.
@@ -117,6 +131,17 @@ pub struct Config {
     pub raft_heartbeat: Duration,
     /// Raft election timeout (lower bound; the upper is twice this).
     pub raft_election_timeout: Duration,
+    /// Delay from a half message to its first check-back (a message may set its own).
+    pub txn_check_timeout: Duration,
+    /// Delays between check-backs: the n-th counted check is followed by entry n (the last
+    /// entry repeats).
+    pub txn_check_backoff: Vec<Duration>,
+    /// Check-backs (answered or not) before a transaction is parked or rolled back.
+    pub txn_check_max: u32,
+    /// What happens after the last check.
+    pub txn_check_exhausted: CheckExhausted,
+    /// How long a decided transaction is remembered (for idempotent decisions and listing).
+    pub txn_retention: Duration,
 }
 
 impl Default for Config {
@@ -137,6 +162,11 @@ impl Default for Config {
             requests_in_flight_per_connection_max: 1024,
             raft_heartbeat: Duration::from_millis(100),
             raft_election_timeout: Duration::from_millis(500),
+            txn_check_timeout: Duration::from_secs(6),
+            txn_check_backoff: [5, 10, 30, 60].into_iter().map(Duration::from_secs).collect(),
+            txn_check_max: 15,
+            txn_check_exhausted: CheckExhausted::Park,
+            txn_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -232,6 +262,23 @@ impl Config {
         if let Some(v) = file.raft_election_timeout_ms {
             c.raft_election_timeout = Duration::from_millis(v);
         }
+        if let Some(v) = file.txn_check_timeout_ms {
+            c.txn_check_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = file.txn_check_backoff_ms {
+            c.txn_check_backoff = v.into_iter().map(Duration::from_millis).collect();
+        }
+        if let Some(v) = file.txn_check_max {
+            c.txn_check_max = v;
+        }
+        c.txn_check_exhausted = match file.txn_check_exhausted.as_deref() {
+            None | Some("park") => CheckExhausted::Park,
+            Some("rollback") => CheckExhausted::Rollback,
+            Some(other) => bail!("txn_check_exhausted must be park or rollback, not {other:?}"),
+        };
+        if let Some(v) = file.txn_retention_ms {
+            c.txn_retention = Duration::from_millis(v);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -261,6 +308,19 @@ impl Config {
         }
         if self.connections_max == 0 || self.requests_in_flight_per_connection_max == 0 {
             bail!("connections_max and requests_in_flight_per_connection_max must be > 0");
+        }
+        let fits_u32_ms = |d: Duration| !d.is_zero() && d.as_millis() <= u128::from(u32::MAX);
+        if !fits_u32_ms(self.txn_check_timeout) {
+            bail!("txn_check_timeout_ms must be 1..={}", u32::MAX);
+        }
+        if self.txn_check_backoff.is_empty() || self.txn_check_backoff.iter().any(|d| d.is_zero()) {
+            bail!("txn_check_backoff_ms must list at least one delay, each > 0");
+        }
+        if self.txn_check_max == 0 {
+            bail!("txn_check_max must be at least 1");
+        }
+        if self.txn_retention.is_zero() {
+            bail!("txn_retention_ms must be > 0");
         }
         Ok(())
     }
@@ -308,6 +368,37 @@ mod tests {
         assert_eq!(c.frame_bytes_max, d.frame_bytes_max);
         assert_eq!(c.raft_election_timeout, d.raft_election_timeout);
         assert_eq!(c.fetch_wait_max, d.fetch_wait_max);
+        assert_eq!(c.txn_check_timeout, d.txn_check_timeout);
+        assert_eq!(c.txn_check_backoff, d.txn_check_backoff);
+        assert_eq!(c.txn_check_max, d.txn_check_max);
+        assert_eq!(c.txn_check_exhausted, d.txn_check_exhausted);
+        assert_eq!(c.txn_retention, d.txn_retention);
+    }
+
+    #[test]
+    fn transaction_settings_parse_and_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::from_args(Args { config: Some(path.clone()), ..Args::default() })
+        };
+        let c = load(
+            "txn_check_timeout_ms = 500\ntxn_check_backoff_ms = [100, 200]\ntxn_check_max = 3\n\
+             txn_check_exhausted = \"rollback\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.txn_check_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.txn_check_backoff,
+            vec![Duration::from_millis(100), Duration::from_millis(200)]
+        );
+        assert_eq!(c.txn_check_max, 3);
+        assert_eq!(c.txn_check_exhausted, CheckExhausted::Rollback);
+        assert!(load("txn_check_exhausted = \"drop\"\n").is_err());
+        assert!(load("txn_check_backoff_ms = []\n").is_err());
+        assert!(load("txn_check_max = 0\n").is_err());
+        assert!(load("txn_check_timeout_ms = 0\n").is_err());
     }
 
     #[test]

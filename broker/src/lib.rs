@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod replication;
 pub mod server;
 pub mod state;
+pub mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +89,9 @@ impl Broker {
             metrics: metrics.clone(),
             advertised,
             shutdown: shutdown.clone(),
+            producers: Arc::default(),
         });
+        tasks.spawn(txn::run_coordinator(ctx.clone(), shutdown.clone()));
         tasks.spawn(server::serve(listener, ctx, shutdown.clone()));
         if let Some(l) = admin {
             tasks.spawn(admin::serve(l, replica.clone(), metrics.clone(), shutdown.clone()));

@@ -34,6 +34,34 @@ pub struct Metrics {
     raft_is_leader: IntGauge,
     /// Times the known leader changed.
     pub raft_leader_changes: IntCounter,
+    /// Transaction metrics.
+    pub txn: TxnMetrics,
+}
+
+/// Transaction metrics, handles resolved once.
+pub struct TxnMetrics {
+    /// Open transactions not parked.
+    pub pending: IntGauge,
+    /// Parked transactions.
+    pub parked: IntGauge,
+    /// Commits applied (first decisions only).
+    pub commits: IntCounter,
+    /// Rollbacks applied (first decisions only).
+    pub rollbacks: IntCounter,
+    /// Check-backs answered commit.
+    pub check_commit: IntCounter,
+    /// Check-backs answered rollback.
+    pub check_rollback: IntCounter,
+    /// Check-backs answered unknown.
+    pub check_unknown: IntCounter,
+    /// Checks due while no producer of the group was connected (not counted).
+    pub check_no_producer: IntCounter,
+    /// Transactions parked after their last check.
+    pub check_parked: IntCounter,
+    /// Transactions rolled back after their last check (`txn_check_exhausted = rollback`).
+    pub check_exhausted_rollback: IntCounter,
+    /// Time from half message to decision.
+    pub decision_seconds: Histogram,
 }
 
 impl Metrics {
@@ -74,7 +102,56 @@ impl Metrics {
             ApiKey::ALL.iter().map(|k| durations.with_label_values(&[k.name()])).collect();
         let request_errors =
             ApiKey::ALL.iter().map(|k| errors.with_label_values(&[k.name()])).collect();
+        let checks = IntCounterVec::new(
+            Opts::new(
+                "ferry_txn_checks_total",
+                "Transaction check-backs by result: commit, rollback, unknown (answers), \
+                 no_producer (none of the group connected; not counted), parked and \
+                 exhausted_rollback (after the last check).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(checks.clone()))?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "ferry_txn_decisions_total",
+                "Transactions decided, by decision (commit, rollback); repeats not counted.",
+            ),
+            &["decision"],
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferry_txn_decision_seconds",
+                "Time from a half message being stored to its commit or rollback.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0, 900.0, 3600.0,
+            ]),
+        )?;
+        registry.register(Box::new(decision_seconds.clone()))?;
+        let txn = TxnMetrics {
+            pending: gauge(
+                "ferry_txn_pending",
+                "Open transactions (half messages) awaiting a decision, not parked.",
+            )?,
+            parked: gauge(
+                "ferry_txn_parked",
+                "Transactions parked after their last check-back; need an operator.",
+            )?,
+            commits: decisions.with_label_values(&["commit"]),
+            rollbacks: decisions.with_label_values(&["rollback"]),
+            check_commit: checks.with_label_values(&["commit"]),
+            check_rollback: checks.with_label_values(&["rollback"]),
+            check_unknown: checks.with_label_values(&["unknown"]),
+            check_no_producer: checks.with_label_values(&["no_producer"]),
+            check_parked: checks.with_label_values(&["parked"]),
+            check_exhausted_rollback: checks.with_label_values(&["exhausted_rollback"]),
+            decision_seconds,
+        };
         Ok(Metrics {
+            txn,
             messages_in: counter("ferry_messages_in_total", "Messages appended by produce.")?,
             bytes_in: counter("ferry_bytes_in_total", "Record-batch bytes appended by produce.")?,
             messages_out: counter("ferry_messages_out_total", "Messages served by fetch.")?,

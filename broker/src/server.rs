@@ -88,6 +88,7 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
     let permits = Arc::new(Semaphore::new(in_flight_max));
     let requests = TaskTracker::new();
     let mut kind: Option<ClientKind> = None;
+    let mut registration = None;
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -109,6 +110,7 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
                     code: ErrorCode::Malformed,
                     message: e.to_string(),
                     leader: None,
+                    txn_state: None,
                 };
                 if tx.send(error_frame(correlation_id, &err)).await.is_err() {
                     break;
@@ -119,8 +121,12 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
         };
         if header.api_key == ApiKey::Handshake {
             let started = Instant::now();
-            let result = handlers::handshake(&ctx, frame).map(|(k, body)| {
-                kind = Some(k);
+            let result = handlers::handshake(&ctx, frame).map(|(hello, body)| {
+                kind = Some(hello.kind);
+                // A producer of a group can be asked about its transactions (check-back).
+                registration = (hello.kind == ClientKind::Producer
+                    && !hello.producer_group.is_empty())
+                .then(|| ctx.producers.register(&hello.producer_group, tx.clone()));
                 body
             });
             ctx.metrics.observe(header.api_key, started.elapsed(), result.is_err());
@@ -134,6 +140,7 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
                 code: ErrorCode::HandshakeRequired,
                 message: "the first request must be a handshake".into(),
                 leader: None,
+                txn_state: None,
             };
             if tx.send(error_frame(header.correlation_id, &err)).await.is_err() {
                 break;
@@ -155,7 +162,9 @@ async fn session(stream: TcpStream, ctx: Arc<Context>, shutdown: CancellationTok
             drop(permit);
         });
     }
-    // Let running requests answer before the writer closes.
+    // No more check-backs to this session; let running requests answer before the writer
+    // closes.
+    drop(registration);
     requests.close();
     requests.wait().await;
     drop(tx);
@@ -177,6 +186,7 @@ fn response_frame(correlation_id: u32, result: Result<Bytes, ReplicaError>) -> O
 fn error_frame(correlation_id: u32, e: &ReplicaError) -> OutFrame {
     let mut head = BytesMut::with_capacity(64 + e.message.len());
     ResponseHeader { correlation_id, error_code: e.code, flags: 0 }.encode(&mut head);
-    ErrorBody { message: e.message.clone(), leader: e.leader.clone() }.encode(&mut head);
+    ErrorBody { message: e.message.clone(), leader: e.leader.clone(), txn_state: e.txn_state }
+        .encode(&mut head);
     OutFrame { head: head.freeze(), body: Bytes::new() }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_consumer::StartFrom;
-use ferry_protocol::Offset;
+use ferry_protocol::{Offset, TxnId};
 
 use crate::duration::parse_positive_duration;
 use crate::output::Format;
@@ -16,10 +16,13 @@ pub const PARTITIONS_MAX: u32 = 1024;
 /// Longest topic name (the broker's limit).
 const TOPIC_NAME_CHARS_MAX: usize = 249;
 
+/// Most rows `txn list --limit` may ask for: they are all held in memory before printing.
+pub const TXN_LIST_ROWS_MAX: u32 = 100_000;
+
 const ABOUT: &str = "Administer and use a ferrymq cluster";
 
-const LONG_ABOUT: &str = "Administer and use a ferrymq cluster: membership, topics, and \
-producing or consuming messages from the command line.
+const LONG_ABOUT: &str = "Administer and use a ferrymq cluster: membership, topics, \
+producing or consuming messages from the command line, and resolving transactions.
 
 Any member of the cluster can be named with --bootstrap; requests are routed to the leader. \
 Every failure prints one line starting with `error:` on stderr and exits with status 1 \
@@ -30,6 +33,7 @@ const EXAMPLES: &str = "Examples:
   ferryctl topic create orders --partitions 4
   seq 1 1000 | ferryctl produce orders
   ferryctl consume orders --from earliest --count 1000
+  ferryctl txn list --parked
   FERRY_BOOTSTRAP=10.0.0.1:7400,10.0.0.2:7400 ferryctl --format json topic list";
 
 /// The command line.
@@ -107,6 +111,129 @@ With --json each line is an object with topic, partition, offset, timestamp_ms, 
 and value. The value (and key, header values) is the text itself when it is valid UTF-8, else
 base64; `value_encoding` (`key_encoding`, `encoding`) says which: \"utf8\" or \"base64\".")]
     Consume(ConsumeArgs),
+    /// Inspect and resolve transactional messages: list, show, commit, rollback, stats.
+    #[command(subcommand, long_about = TXN_LONG_ABOUT, after_help = "Examples:
+  ferryctl txn stats
+  ferryctl txn list --parked
+  ferryctl txn list --group payments --older-than 5m
+  ferryctl txn show 42 --payload
+  ferryctl txn commit 42
+  ferryctl txn rollback 43")]
+    Txn(TxnCommand),
+}
+
+const TXN_LONG_ABOUT: &str = "Inspect and resolve transactional (half) messages.
+
+A half message stays invisible to consumers until its transaction is committed; a rolled-back \
+one never becomes visible. The producer decides its own transactions; when it stays silent, \
+the leader asks its producer group (check-backs), and when the checks run out without an \
+answer the transaction is parked until an operator decides it with `txn commit` or \
+`txn rollback`.
+
+A decision never flips: once committed or rolled back, a transaction stays so. Repeating the \
+same decision changes nothing and succeeds; the other decision is refused and the command \
+exits 1 naming the state.";
+
+/// `ferryctl txn ...`
+#[derive(Debug, Subcommand)]
+pub enum TxnCommand {
+    /// List transactions, oldest first: open ones (pending and parked) unless --all.
+    ///
+    /// Pages through the leader until --limit rows. Columns: id, producer group,
+    /// topic/partition, state (pending, parked, committed, rolled_back), age, check-backs sent,
+    /// when the next check-back is due (`in 25s`, or `overdue 3s` when past due and not sent
+    /// yet) and who decided (producer, check_back, operator, checks_exhausted). Ages use this
+    /// machine's clock against the leader's. With --format json: an array of objects, one per
+    /// transaction.
+    ///
+    /// A decision never flips: a committed or rolled_back row stays so for as long as the
+    /// broker retains it.
+    #[command(after_help = "Examples:
+  ferryctl txn list                                # open transactions
+  ferryctl txn list --parked                       # waiting for an operator
+  ferryctl txn list --group payments --older-than 5m
+  ferryctl txn list --all --limit 1000 --format json")]
+    List(TxnListArgs),
+    /// Show one transaction in full, in any state; --payload adds its message.
+    ///
+    /// Fields: state, group, topic, partition, created, check timeout, check-backs sent, next
+    /// check, when it was decided (or parked), who decided and, once committed, the offset.
+    /// --payload prints the first record of the half message's batch: key, headers and value
+    /// (as text when it is UTF-8, else with its bytes escaped; base64 in JSON).
+    /// A transaction that is not found never existed or was purged after the retention period.
+    ///
+    /// A decision never flips: a committed or rolled_back transaction stays so.
+    #[command(after_help = "Examples:
+  ferryctl txn show 42
+  ferryctl txn show 42 --payload
+  ferryctl --format json txn show 42 --payload | jq .payload.value")]
+    Show {
+        /// Transaction id.
+        #[arg(value_parser = parse_txn_id)]
+        id: TxnId,
+        /// Also print the message (first record of the batch).
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Commit a transaction as the operator: its message becomes visible to consumers.
+    ///
+    /// Meant for parked transactions (check-backs ran out). A decision never flips: committing
+    /// a committed transaction changes nothing and succeeds; committing a rolled-back one fails
+    /// and exits 1. Committing a pending transaction prints a warning on stderr, since its
+    /// producer may still roll it back.
+    #[command(after_help = "Example:
+  ferryctl txn commit 42")]
+    Commit {
+        /// Transaction id.
+        #[arg(value_parser = parse_txn_id)]
+        id: TxnId,
+    },
+    /// Roll back a transaction as the operator: its message is discarded, never visible.
+    ///
+    /// Meant for parked transactions (check-backs ran out). A decision never flips: rolling back
+    /// a rolled-back transaction changes nothing and succeeds; rolling back a committed one
+    /// fails and exits 1. Rolling back a pending transaction prints a warning on stderr, since
+    /// its producer may still commit it.
+    #[command(after_help = "Example:
+  ferryctl txn rollback 42")]
+    Rollback {
+        /// Transaction id.
+        #[arg(value_parser = parse_txn_id)]
+        id: TxnId,
+    },
+    /// Counts per producer group, and the age of the oldest open transaction.
+    ///
+    /// Per group: pending and parked (the open transactions now), committed and rolled back
+    /// (totals since the cluster was created). A decision never flips, so those two totals
+    /// only grow.
+    #[command(after_help = "Examples:
+  ferryctl txn stats
+  ferryctl --format json txn stats | jq '.groups[] | select(.parked > 0)'")]
+    Stats,
+}
+
+/// `ferryctl txn list ...`
+#[derive(Debug, Args)]
+pub struct TxnListArgs {
+    /// Only transactions of this producer group.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    pub group: Option<String>,
+
+    /// Only parked transactions: check-backs ran out, waiting for an operator.
+    #[arg(long, conflicts_with = "all")]
+    pub parked: bool,
+
+    /// Only transactions older than this, e.g. 30s, 5m, 1h (by the leader's clock).
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub older_than: Option<Duration>,
+
+    /// Include decided (committed and rolled back) transactions still retained.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Stop after N transactions (1-100000).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(TXN_LIST_ROWS_MAX)))]
+    pub limit: u32,
 }
 
 /// `ferryctl cluster ...`
@@ -284,6 +411,23 @@ pub fn parse_topic_name(text: &str) -> Result<String, String> {
     }
     if let Some(bad) = text.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
         return Err(format!("{bad:?} is not allowed in a topic name (use A-Z a-z 0-9 . _ -)"));
+    }
+    Ok(text.to_string())
+}
+
+/// A transaction id: a positive integer.
+pub fn parse_txn_id(text: &str) -> Result<TxnId, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("transaction ids start at 1".into()),
+        Ok(id) => Ok(TxnId(id)),
+        Err(_) => Err(format!("{text:?} is not a transaction id (a positive integer)")),
+    }
+}
+
+/// A producer group name: not empty (the broker reads an empty group as "every group").
+fn parse_group(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the group name is empty".into());
     }
     Ok(text.to_string())
 }
@@ -482,6 +626,80 @@ mod tests {
         assert_eq!(kind(&["consume", "t", "--idle-timeout", "10"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["consume", "t", "--idle-timeout", "0s"]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["consume", "t", "--count", "0"]), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn txn_commands() {
+        match parse(&["txn", "list"]).unwrap().command {
+            Command::Txn(TxnCommand::List(a)) => {
+                assert_eq!(
+                    (a.group, a.parked, a.all, a.older_than, a.limit),
+                    (None, false, false, None, 100)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "txn",
+            "list",
+            "--group",
+            "payments",
+            "--parked",
+            "--older-than",
+            "5m",
+            "--limit",
+            "7",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Txn(TxnCommand::List(a)) => {
+                assert_eq!(a.group.as_deref(), Some("payments"));
+                assert!(a.parked && !a.all);
+                assert_eq!(a.older_than, Some(Duration::from_secs(300)));
+                assert_eq!(a.limit, 7);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["txn", "show", "42", "--payload"]).unwrap().command,
+            Command::Txn(TxnCommand::Show { id: TxnId(42), payload: true })
+        ));
+        assert!(matches!(
+            parse(&["txn", "commit", "42"]).unwrap().command,
+            Command::Txn(TxnCommand::Commit { id: TxnId(42) })
+        ));
+        assert!(matches!(
+            parse(&["txn", "rollback", "43"]).unwrap().command,
+            Command::Txn(TxnCommand::Rollback { id: TxnId(43) })
+        ));
+        assert!(matches!(
+            parse(&["txn", "stats"]).unwrap().command,
+            Command::Txn(TxnCommand::Stats)
+        ));
+        assert_eq!(kind(&["txn", "list", "--parked", "--all"]), ErrorKind::ArgumentConflict);
+        assert_eq!(kind(&["txn", "list", "--older-than", "5"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "list", "--older-than", "1d"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "list", "--limit", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "list", "--limit", "100001"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "list", "--group", ""]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "show", "0"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "commit", "x"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["txn", "rollback"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(kind(&["txn", "commit", "42", "--payload"]), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn txn_help_states_the_never_flip_rule() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let txn = cli.find_subcommand_mut("txn").unwrap();
+        let help = txn.render_long_help().to_string();
+        assert!(help.contains("A decision never flips"), "{help}");
+        for name in ["list", "show", "commit", "rollback", "stats"] {
+            let help = txn.find_subcommand_mut(name).unwrap().render_long_help().to_string();
+            assert!(help.contains("A decision never flips"), "{name}: {help}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Human durations on the command line: `500ms`, `10s`, `1.5s`, `2m`, `1h` (parsed by hand,
-//! in integer nanoseconds, so `0.1s` is exactly 100 ms), and the short form used in reports.
+//! in integer nanoseconds, so `0.1s` is exactly 100 ms), the short form used in reports, and
+//! the compact spans of tables (`5m03s`, `2h05m`).
 
 use std::time::Duration;
 
@@ -72,6 +73,19 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// A span for tables: `450ms`, `42s`, `5m03s`, `2h05m`, `3d04h` (seconds and finer are dropped
+/// once the span is long enough that they do not matter).
+pub fn format_span(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +121,14 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(format_duration(Duration::from_millis(1250)), "1.25s");
         assert_eq!(format_duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn spans_are_short() {
+        assert_eq!(format_span(Duration::from_millis(450)), "450ms");
+        assert_eq!(format_span(Duration::from_millis(42_900)), "42s");
+        assert_eq!(format_span(Duration::from_secs(303)), "5m03s");
+        assert_eq!(format_span(Duration::from_secs(2 * 3600 + 5 * 60 + 7)), "2h05m");
+        assert_eq!(format_span(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d04h");
     }
 }

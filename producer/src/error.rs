@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferry_protocol::{ClientError, ErrorCode, PartitionIndex};
+use ferry_protocol::{ClientError, ErrorCode, PartitionIndex, TxnId, TxnState};
 
 /// Why a producer call or a message failed.
 ///
@@ -69,6 +69,40 @@ pub enum ProducerError {
     /// The producer was closed (or dropped) before the message could be sent.
     #[error("producer is closed")]
     Closed,
+    /// The transaction had already been decided the other way (by a check-back answer, an
+    /// operator, or the broker after its checks ran out); `state` is where it stands, for good
+    /// when `state.is_decided()`. Retrying cannot change it.
+    #[error("transaction {txn_id} was already resolved: it is {state}")]
+    TransactionAlreadyResolved {
+        /// The transaction.
+        txn_id: TxnId,
+        /// Its state as the broker reported it.
+        state: TxnState,
+    },
+    /// The broker knows no transaction with this id: it never existed, or it was decided and
+    /// purged after the broker's retention period.
+    #[error("unknown transaction {txn_id}")]
+    UnknownTransaction {
+        /// The transaction asked about.
+        txn_id: TxnId,
+    },
+    /// A transaction request (`SendHalf`, `EndTransaction`) failed. When `source` is a timeout,
+    /// a lost connection or an unreachable cluster, the outcome is unknown: the half message
+    /// may have been stored, or the decision recorded. Nothing is lost either way: a half
+    /// message left undecided is resolved by the broker's check-back, which asks the producer
+    /// group's [`crate::TransactionChecker`].
+    #[error("transaction request{} failed: {source}", for_txn(.txn_id))]
+    Transaction {
+        /// The transaction, when the request named one (`None` for a half send).
+        txn_id: Option<TxnId>,
+        /// The request error.
+        source: Arc<ClientError>,
+    },
+}
+
+/// ` for transaction N`, or nothing.
+fn for_txn(txn_id: &Option<TxnId>) -> String {
+    txn_id.map_or_else(String::new, |id| format!(" for transaction {id}"))
 }
 
 impl ProducerError {
@@ -78,12 +112,15 @@ impl ProducerError {
         match self {
             ProducerError::Connect { source, .. }
             | ProducerError::Metadata { source, .. }
-            | ProducerError::Produce { source, .. } => source.is_retriable(),
+            | ProducerError::Produce { source, .. }
+            | ProducerError::Transaction { source, .. } => source.is_retriable(),
             ProducerError::Config(_)
             | ProducerError::UnknownTopic { .. }
             | ProducerError::UnknownPartition { .. }
             | ProducerError::MessageTooLarge { .. }
-            | ProducerError::Closed => false,
+            | ProducerError::Closed
+            | ProducerError::TransactionAlreadyResolved { .. }
+            | ProducerError::UnknownTransaction { .. } => false,
         }
     }
 
@@ -92,10 +129,17 @@ impl ProducerError {
         match self {
             ProducerError::Connect { source, .. }
             | ProducerError::Metadata { source, .. }
-            | ProducerError::Produce { source, .. } => source.code(),
+            | ProducerError::Produce { source, .. }
+            | ProducerError::Transaction { source, .. } => source.code(),
             ProducerError::UnknownTopic { .. } => Some(ErrorCode::UnknownTopic),
             ProducerError::UnknownPartition { .. } => Some(ErrorCode::UnknownPartition),
-            _ => None,
+            ProducerError::TransactionAlreadyResolved { .. } => {
+                Some(ErrorCode::TransactionAlreadyResolved)
+            }
+            ProducerError::UnknownTransaction { .. } => Some(ErrorCode::UnknownTransaction),
+            ProducerError::Config(_)
+            | ProducerError::MessageTooLarge { .. }
+            | ProducerError::Closed => None,
         }
     }
 }

@@ -19,14 +19,29 @@
 //! Delivery is at least once: a batch whose response was lost is retried by the cluster
 //! client and may be stored twice (producer id and sequences are filled in for the broker's
 //! future deduplication).
+//!
+//! Transactions: a [`TransactionalProducer`] stores a message as an invisible half message
+//! ([`TransactionalProducer::send_half`]), the caller runs its local transaction, then
+//! [`Transaction::commit`] makes the message visible or [`Transaction::rollback`] discards it
+//! ([`TransactionalProducer::send_in_transaction`] does all three). A transaction left
+//! undecided — dropped, a failed decision, a crashed producer — is resolved by check-back: after
+//! the check timeout the leader asks a live producer of the same group, whose
+//! [`TransactionChecker`] looks at the application's own state and answers commit, rollback or
+//! unknown (ask again later). Each half message travels alone, one record per batch, with its
+//! own sequence number, so a retried request is stored once.
 
 mod accumulator;
+mod check_back;
 mod config;
 mod delivery;
 mod error;
+#[cfg(test)]
+mod fake_broker;
 mod message;
 pub mod partitioner;
 mod producer;
+mod transaction;
+mod transactional_producer;
 
 pub use config::{
     ProducerConfig, BATCH_BYTES_LIMIT, BATCH_BYTES_MAX_DEFAULT, BUFFER_BYTES_MAX_DEFAULT,
@@ -36,3 +51,10 @@ pub use delivery::{Delivered, DeliveryFuture};
 pub use error::{ProducerError, Result};
 pub use message::Message;
 pub use producer::Producer;
+
+pub use check_back::{checker_fn, FnChecker, MessageView, Resolution, TransactionChecker};
+pub use transaction::{
+    Committed, RolledBack, Transaction, TransactionConfig, CHECKS_IN_FLIGHT_LIMIT,
+    CHECKS_IN_FLIGHT_MAX_DEFAULT, GROUP_BYTES_MAX, HEARTBEAT_INTERVAL_DEFAULT,
+};
+pub use transactional_producer::TransactionalProducer;

@@ -32,11 +32,21 @@ pub enum ApiKey {
     RaftVote = 10,
     /// Raft install-snapshot chunk (peers only).
     RaftSnapshot = 11,
+    /// Store a half (prepared, invisible) message; returns its transaction id.
+    SendHalf = 12,
+    /// Commit or roll back a transaction, or answer a check-back with "unknown".
+    EndTransaction = 13,
+    /// Keeps a client's connection on the leader (transactional producers wait for checks).
+    Heartbeat = 14,
+    /// List transactions (open ones, or one by id), for operators.
+    ListTransactions = 15,
+    /// Transaction counts by state and producer group.
+    TransactionStats = 16,
 }
 
 impl ApiKey {
     /// Every key, in wire order.
-    pub const ALL: [ApiKey; 12] = [
+    pub const ALL: [ApiKey; 17] = [
         ApiKey::Handshake,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -49,6 +59,11 @@ impl ApiKey {
         ApiKey::RaftAppend,
         ApiKey::RaftVote,
         ApiKey::RaftSnapshot,
+        ApiKey::SendHalf,
+        ApiKey::EndTransaction,
+        ApiKey::Heartbeat,
+        ApiKey::ListTransactions,
+        ApiKey::TransactionStats,
     ];
 
     /// The key for a wire value, if known.
@@ -71,6 +86,11 @@ impl ApiKey {
             ApiKey::RaftAppend => "raft_append",
             ApiKey::RaftVote => "raft_vote",
             ApiKey::RaftSnapshot => "raft_snapshot",
+            ApiKey::SendHalf => "send_half",
+            ApiKey::EndTransaction => "end_transaction",
+            ApiKey::Heartbeat => "heartbeat",
+            ApiKey::ListTransactions => "list_transactions",
+            ApiKey::TransactionStats => "transaction_stats",
         }
     }
 }
@@ -117,11 +137,15 @@ pub enum ErrorCode {
     CorruptBatch = 16,
     /// Authentication failed or the mechanism is not supported.
     AuthFailed = 17,
+    /// No transaction with that id (never existed, or purged after its retention period).
+    UnknownTransaction = 18,
+    /// The transaction was already decided the other way; the error body carries its state.
+    TransactionAlreadyResolved = 19,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::Malformed,
@@ -140,6 +164,8 @@ impl ErrorCode {
         ErrorCode::MembershipChange,
         ErrorCode::CorruptBatch,
         ErrorCode::AuthFailed,
+        ErrorCode::UnknownTransaction,
+        ErrorCode::TransactionAlreadyResolved,
     ];
 
     /// The code for a wire value, if known.
@@ -180,6 +206,8 @@ impl ErrorCode {
             ErrorCode::MembershipChange => "membership change refused",
             ErrorCode::CorruptBatch => "record batch failed its checksum",
             ErrorCode::AuthFailed => "authentication failed",
+            ErrorCode::UnknownTransaction => "unknown transaction",
+            ErrorCode::TransactionAlreadyResolved => "transaction already resolved the other way",
         }
     }
 }

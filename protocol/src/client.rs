@@ -20,7 +20,8 @@ use crate::frame::{
     self, ErrorBody, FrameEncoder, LeaderHint, OutFrame, RequestHeader, ResponseHeader, FLAG_PUSH,
 };
 use crate::messages::{HandshakeRequest, HandshakeResponse, Request};
-use crate::types::ClientKind;
+use crate::txn::Push;
+use crate::types::{ClientKind, TxnState};
 use crate::wire::{Decode, DecodeError, Encode};
 
 /// Default bound on requests awaiting a response on one connection.
@@ -58,6 +59,8 @@ pub enum ClientError {
         message: String,
         /// Where the leader is (with `NotLeader`).
         leader: Option<LeaderHint>,
+        /// The transaction's state (with `TransactionAlreadyResolved`).
+        txn_state: Option<TxnState>,
     },
     /// The handshake was refused or made no sense.
     #[error("handshake failed: {0}")]
@@ -127,6 +130,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Default time allowed for one request.
     pub request_timeout: Duration,
+    /// Where broker pushes (check-backs) go. Bounded: a push that finds the sink full is
+    /// dropped with a warning (the broker asks again later). `None` ignores pushes.
+    pub push_sink: Option<mpsc::Sender<Push>>,
 }
 
 impl ConnectOptions {
@@ -140,6 +146,7 @@ impl ConnectOptions {
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            push_sink: None,
         }
     }
 }
@@ -209,7 +216,7 @@ impl Connection {
         let pending: Arc<Mutex<HashMap<u32, Reply>>> = Arc::default();
         let closed = CancellationToken::new();
         tokio::spawn(write_loop(writer, rx, pending.clone(), closed.clone()));
-        tokio::spawn(read_loop(reader, pending, closed.clone()));
+        tokio::spawn(read_loop(reader, pending, closed.clone(), opts.push_sink.clone()));
 
         let hello = HandshakeRequest {
             version_min: frame::PROTOCOL_VERSION,
@@ -327,12 +334,16 @@ async fn send_raw(
     if header.error_code == ErrorCode::None {
         return Ok(body);
     }
-    let detail =
-        ErrorBody::decode(&mut body).unwrap_or(ErrorBody { message: String::new(), leader: None });
+    let detail = ErrorBody::decode(&mut body).unwrap_or(ErrorBody {
+        message: String::new(),
+        leader: None,
+        txn_state: None,
+    });
     Err(ClientError::Server {
         code: header.error_code,
         message: detail.message,
         leader: detail.leader,
+        txn_state: detail.txn_state,
     })
 }
 
@@ -386,11 +397,28 @@ async fn write_loop(
     }
 }
 
+/// Hands a push to the sink without waiting: the read loop must keep serving responses.
+fn on_push(body: Bytes, sink: Option<&mpsc::Sender<Push>>) {
+    let Some(sink) = sink else {
+        tracing::debug!("ignoring broker push: no push sink");
+        return;
+    };
+    match Push::decode_all(body) {
+        Ok(push) => {
+            if let Err(e) = sink.try_send(push) {
+                tracing::warn!(error = %e, "push dropped (sink full or closed); the broker retries");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "undecodable push ignored"),
+    }
+}
+
 /// Owns the read half: matches responses to waiting requests by correlation id.
 async fn read_loop(
     mut reader: Reader,
     pending: Arc<Mutex<HashMap<u32, Reply>>>,
     closed: CancellationToken,
+    push_sink: Option<mpsc::Sender<Push>>,
 ) {
     loop {
         let frame = tokio::select! {
@@ -413,8 +441,7 @@ async fn read_loop(
             }
         };
         if header.flags & FLAG_PUSH != 0 {
-            // No push is defined for this protocol version; ignore rather than fail.
-            tracing::debug!("ignoring broker push");
+            on_push(frame, push_sink.as_ref());
             continue;
         }
         let reply = pending.lock().ok().and_then(|mut map| map.remove(&header.correlation_id));

@@ -276,6 +276,7 @@ impl ClusterClient {
                     code: ErrorCode::NotLeader,
                     message: format!("{target} is a follower"),
                     leader: Some(hint.clone()),
+                    txn_state: None,
                 });
             }
         }

@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::api::{ApiKey, ErrorCode};
-use crate::types::NodeId;
+use crate::types::{NodeId, TxnState};
 use crate::wire::{self, Decode, DecodeError, DecodeResult, Encode};
 
 /// Default largest frame accepted or sent, in bytes. Bounds memory per connection; a producer
@@ -171,6 +171,8 @@ pub struct ErrorBody {
     pub message: String,
     /// Set with `NotLeader` when the leader is known.
     pub leader: Option<LeaderHint>,
+    /// Set with `TransactionAlreadyResolved`: the state the transaction is in.
+    pub txn_state: Option<TxnState>,
 }
 
 impl Encode for ErrorBody {
@@ -180,9 +182,12 @@ impl Encode for ErrorBody {
             b.put_u64(l.leader_id.0);
             wire::put_string(b, &l.leader_addr);
         });
+        wire::put_option(buf, self.txn_state.as_ref(), |b, s| b.put_u8(*s as u8));
     }
 }
 
+// error := message:string | leader:option<id:u64 | addr:string> | txn_state:option<u8>
+// (txn_state was added later: a body that ends before it means None.)
 impl Decode for ErrorBody {
     fn decode(buf: &mut Bytes) -> DecodeResult<Self> {
         let message = wire::get_string(buf, "error.message")?;
@@ -192,7 +197,18 @@ impl Decode for ErrorBody {
                 leader_addr: wire::get_string(b, "error.leader_addr")?,
             })
         })?;
-        Ok(ErrorBody { message, leader })
+        let txn_state = if buf.is_empty() {
+            None
+        } else {
+            wire::get_option(buf, "error.txn_state", |b| {
+                let raw = wire::get_u8(b, "error.txn_state")?;
+                TxnState::from_u8(raw).ok_or_else(|| DecodeError::Invalid {
+                    what: "error.txn_state",
+                    detail: format!("{raw}"),
+                })
+            })?
+        };
+        Ok(ErrorBody { message, leader, txn_state })
     }
 }
 

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use crate::frame::{ErrorBody, RequestHeader, ResponseHeader};
 use crate::messages::*;
 use crate::record::{Record, RecordBatch, RecordBatchBuilder};
-use crate::types::{ClientKind, NodeId, Offset, PartitionIndex};
+use crate::txn::*;
+use crate::types::{
+    ClientKind, Decision, DecisionOrigin, NodeId, Offset, PartitionIndex, TxnId, TxnState,
+};
 use crate::wire::{Decode, Encode};
 
 const CASES_PER_DECODER: usize = 100_000;
@@ -35,6 +38,14 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("node_status_resp", d::<NodeStatusResponse>),
         ("add_node", d::<AddNodeRequest>),
         ("remove_node", d::<RemoveNodeRequest>),
+        ("send_half", d::<SendHalfRequest>),
+        ("send_half_resp", d::<SendHalfResponse>),
+        ("end_txn", d::<EndTransactionRequest>),
+        ("end_txn_resp", d::<EndTransactionResponse>),
+        ("list_txn", d::<ListTransactionsRequest>),
+        ("list_txn_resp", d::<ListTransactionsResponse>),
+        ("txn_stats_resp", d::<TransactionStatsResponse>),
+        ("push", d::<Push>),
         ("record_batch", |b| {
             RecordBatch::parse(b).is_ok_and(|batch| batch.records().all(|r| r.is_ok()))
         }),
@@ -104,6 +115,49 @@ fn seeds() -> Vec<Bytes> {
             batch: Bytes::from_static(b"x"),
         }
         .to_bytes(),
+        EndTransactionRequest {
+            txn_id: TxnId(1),
+            decision: Decision::Commit,
+            origin: DecisionOrigin::CheckBack,
+        }
+        .to_bytes(),
+        EndTransactionResponse {
+            state: TxnState::Committed,
+            repeated: false,
+            offset: Some(Offset(1)),
+        }
+        .to_bytes(),
+        ListTransactionsResponse {
+            txns: vec![TxnInfo {
+                txn_id: TxnId(1),
+                group: "g".into(),
+                topic: "t".into(),
+                partition: PartitionIndex(0),
+                state: TxnState::Pending,
+                created_ms: 1,
+                check_timeout_ms: 2,
+                check_count: 3,
+                next_check_ms: 4,
+                decided_ms: 0,
+                origin: Some(DecisionOrigin::Producer),
+                offset: Some(Offset(2)),
+                batch: Bytes::from_static(b"b"),
+            }],
+            next: None,
+        }
+        .to_bytes(),
+        CheckTransactionPush {
+            txn_id: TxnId(1),
+            group: "g".into(),
+            topic: "t".into(),
+            partition: PartitionIndex(0),
+            created_ms: 1,
+            check_count: 1,
+            batch: Bytes::from_static(b"b"),
+        }
+        .to_bytes(),
+        ErrorBody { message: "m".into(), leader: None, txn_state: Some(TxnState::Committed) }
+            .to_bytes(),
     ]
 }
 

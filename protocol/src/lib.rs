@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod frame;
 pub mod messages;
 pub mod record;
+pub mod txn;
 pub mod types;
 pub mod wire;
 
@@ -21,7 +22,9 @@ pub use client::{ClientError, ConnectOptions, Connection};
 pub use cluster::{ClusterClient, ClusterOptions, RetryPolicy};
 pub use frame::{ErrorBody, LeaderHint};
 pub use record::{Record, RecordBatch, RecordBatchBuilder};
-pub use types::{ClientKind, NodeId, Offset, PartitionIndex};
+pub use types::{
+    ClientKind, Decision, DecisionOrigin, NodeId, Offset, PartitionIndex, TxnId, TxnState,
+};
 pub use wire::{Decode, DecodeError, Encode};
 
 /// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).

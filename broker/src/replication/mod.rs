@@ -59,11 +59,13 @@ pub struct ReplicaError {
     pub message: String,
     /// Leader hint with `NotLeader`.
     pub leader: Option<LeaderHint>,
+    /// The transaction's state with `TransactionAlreadyResolved`.
+    pub txn_state: Option<ferry_protocol::TxnState>,
 }
 
 impl ReplicaError {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ReplicaError { code, message: message.into(), leader: None }
+        ReplicaError { code, message: message.into(), leader: None, txn_state: None }
     }
 }
 
@@ -172,6 +174,7 @@ impl Replica {
                 code: ErrorCode::NotLeader,
                 message: format!("node {} is not the leader", self.node_id),
                 leader: Some(hint),
+                txn_state: None,
             },
             None => ReplicaError::new(ErrorCode::NoLeader, "no leader elected yet"),
         }
@@ -199,6 +202,7 @@ impl Replica {
                         code: ErrorCode::NotLeader,
                         message: format!("node {} is not the leader", self.node_id),
                         leader: Some(hint),
+                        txn_state: None,
                     },
                     None => ReplicaError::new(ErrorCode::NoLeader, "no leader elected yet"),
                 }
@@ -211,6 +215,16 @@ impl Replica {
     }
 
     /// Adds a node: as a learner first (waiting until it caught up), then as a voter.
+    /// Waits until this node, as leader, has applied every entry committed before the call
+    /// (a read barrier: confirms leadership with a quorum, then waits for apply).
+    pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::new(ErrorCode::NotLeader, e.to_string()))
+    }
+
     pub async fn add_node(&self, id: u64, addr: String) -> Result<(), ReplicaError> {
         if !self.is_leader() {
             return Err(self.not_leader());

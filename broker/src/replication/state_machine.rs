@@ -22,6 +22,7 @@ use openraft::{
 use super::codec;
 use super::TypeConfig;
 use crate::state::command::CommandResponse;
+use crate::state::txn::TxnRecord;
 use crate::state::{keys, Applier, BatchResolver, Changes, MessageValue, SharedState, StateError};
 
 const CURRENT_META: &str = "current.meta";
@@ -290,6 +291,11 @@ fn inline_messages(from: &Path, to: &Path, shared: &SharedState) -> anyhow::Resu
         if record.cf == Cf::Messages {
             let batch = shared.resolve(Bytes::from(record.value))?;
             writer.record(record.cf, &record.key, &MessageValue::Inline(batch).encode())?;
+        } else if record.cf == Cf::Txn && keys::is_txn_record_key(&record.key) {
+            // Half messages point into the Raft log too.
+            let mut txn = TxnRecord::decode(Bytes::from(record.value))?;
+            txn.batch = MessageValue::Inline(shared.txn_batch(&txn)?);
+            writer.record(record.cf, &record.key, &txn.encode())?;
         } else {
             writer.record(record.cf, &record.key, &record.value)?;
         }
@@ -309,10 +315,11 @@ fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
         let entry =
             codec::entry_from_bytes(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
         match entry.payload {
-            EntryPayload::Normal(crate::state::command::Command::Produce { batch, .. }) => {
-                Ok(batch)
-            }
-            _ => Err(StateError::Corrupt(format!("raft log entry {index} holds no produce"))),
+            EntryPayload::Normal(
+                crate::state::command::Command::Produce { batch, .. }
+                | crate::state::command::Command::PutHalf { batch, .. },
+            ) => Ok(batch),
+            _ => Err(StateError::Corrupt(format!("raft log entry {index} holds no batch"))),
         }
     })
 }

@@ -6,17 +6,52 @@
 //!   1 CreateTopic  name:string | partitions:u32 | created_ms:u64
 //!   2 DeleteTopic  name:string
 //!   3 Produce      topic:string | partition:u32 | batch:bytes
+//!   4 PutHalf      group:string | topic:string | partition:u32 | check_timeout_ms:u32
+//!                  | created_ms:u64 | batch:bytes
+//!   5 EndTxn       txn_id:u64 | commit:bool | origin:u8 | decided_ms:u64 | purge_at_ms:u64
+//!   6 RecordChecks count:u32 | (txn_id:u64 | expected_due_ms:u64 | counted:bool
+//!                  | next_check_ms:u64)*
+//!   7 ParkTxns     parked_ms:u64 | count:u32 | (txn_id:u64 | expected_due_ms:u64)*
+//!   8 PurgeTxns    count:u32 | (txn_id:u64 | due_ms:u64)*
 //! ```
 //!
 //! Times inside commands are stamped by the leader: the state machine reads no clock.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_protocol::wire::{self, DecodeError, DecodeResult};
-use ferry_protocol::{ErrorCode, Offset};
+use ferry_protocol::{DecisionOrigin, ErrorCode, Offset, TxnId, TxnState};
 
 const TAG_CREATE_TOPIC: u8 = 1;
 const TAG_DELETE_TOPIC: u8 = 2;
 const TAG_PRODUCE: u8 = 3;
+const TAG_PUT_HALF: u8 = 4;
+const TAG_END_TXN: u8 = 5;
+const TAG_RECORD_CHECKS: u8 = 6;
+const TAG_PARK_TXNS: u8 = 7;
+const TAG_PURGE_TXNS: u8 = 8;
+
+/// One check-back the leader made (or tried to make) for a pending transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckRecord {
+    /// The transaction.
+    pub txn_id: TxnId,
+    /// The check time the leader acted on; a record whose schedule moved since is stale and
+    /// skipped.
+    pub expected_due_ms: u64,
+    /// True when a live producer of the group was asked (only those count towards the limit).
+    pub counted: bool,
+    /// When to check next.
+    pub next_check_ms: u64,
+}
+
+/// A transaction and the timer due time the leader acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnDue {
+    /// The transaction.
+    pub txn_id: TxnId,
+    /// The timer's due time.
+    pub due_ms: u64,
+}
 
 /// A state change proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +79,51 @@ pub enum Command {
         /// The batch bytes as the producer built them.
         batch: Bytes,
     },
+    /// Store a half message (invisible); its transaction id is this entry's log index.
+    PutHalf {
+        /// Producer group asked at check-back.
+        group: String,
+        /// Topic the message goes to on commit.
+        topic: String,
+        /// Partition index inside the topic.
+        partition: u32,
+        /// Delay before the first check-back, resolved by the leader (never 0).
+        check_timeout_ms: u32,
+        /// Leader clock at proposal.
+        created_ms: u64,
+        /// The record batch.
+        batch: Bytes,
+    },
+    /// Commit or roll back a transaction.
+    EndTransaction {
+        /// The transaction.
+        txn_id: TxnId,
+        /// Commit (true) or roll back.
+        commit: bool,
+        /// Who decided.
+        origin: DecisionOrigin,
+        /// Leader clock at the decision.
+        decided_ms: u64,
+        /// When the decided record may be forgotten.
+        purge_at_ms: u64,
+    },
+    /// Check-backs made by the leader: counts and next check times.
+    RecordChecks {
+        /// One per transaction checked.
+        checks: Vec<CheckRecord>,
+    },
+    /// Park transactions whose checks ran out.
+    ParkTransactions {
+        /// Leader clock at parking.
+        parked_ms: u64,
+        /// The transactions with the check time the leader acted on.
+        txns: Vec<TxnDue>,
+    },
+    /// Forget decided transactions whose retention ran out.
+    PurgeTransactions {
+        /// The transactions with their purge timer's due time.
+        txns: Vec<TxnDue>,
+    },
 }
 
 impl Command {
@@ -66,6 +146,41 @@ impl Command {
                 buf.put_u32(*partition);
                 wire::put_bytes(buf, batch);
             }
+            Command::PutHalf { group, topic, partition, check_timeout_ms, created_ms, batch } => {
+                buf.put_u8(TAG_PUT_HALF);
+                wire::put_string(buf, group);
+                wire::put_string(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u32(*check_timeout_ms);
+                buf.put_u64(*created_ms);
+                wire::put_bytes(buf, batch);
+            }
+            Command::EndTransaction { txn_id, commit, origin, decided_ms, purge_at_ms } => {
+                buf.put_u8(TAG_END_TXN);
+                buf.put_u64(txn_id.0);
+                wire::put_bool(buf, *commit);
+                buf.put_u8(*origin as u8);
+                buf.put_u64(*decided_ms);
+                buf.put_u64(*purge_at_ms);
+            }
+            Command::RecordChecks { checks } => {
+                buf.put_u8(TAG_RECORD_CHECKS);
+                wire::put_array(buf, checks, |b, c| {
+                    b.put_u64(c.txn_id.0);
+                    b.put_u64(c.expected_due_ms);
+                    wire::put_bool(b, c.counted);
+                    b.put_u64(c.next_check_ms);
+                });
+            }
+            Command::ParkTransactions { parked_ms, txns } => {
+                buf.put_u8(TAG_PARK_TXNS);
+                buf.put_u64(*parked_ms);
+                wire::put_array(buf, txns, put_txn_due);
+            }
+            Command::PurgeTransactions { txns } => {
+                buf.put_u8(TAG_PURGE_TXNS);
+                wire::put_array(buf, txns, put_txn_due);
+            }
         }
     }
 
@@ -85,6 +200,44 @@ impl Command {
                 partition: wire::get_u32(buf, "produce.partition")?,
                 batch: wire::get_bytes(buf, "produce.batch")?,
             },
+            TAG_PUT_HALF => Command::PutHalf {
+                group: wire::get_string(buf, "put_half.group")?,
+                topic: wire::get_string(buf, "put_half.topic")?,
+                partition: wire::get_u32(buf, "put_half.partition")?,
+                check_timeout_ms: wire::get_u32(buf, "put_half.check_timeout_ms")?,
+                created_ms: wire::get_u64(buf, "put_half.created_ms")?,
+                batch: wire::get_bytes(buf, "put_half.batch")?,
+            },
+            TAG_END_TXN => Command::EndTransaction {
+                txn_id: TxnId(wire::get_u64(buf, "end_txn.txn_id")?),
+                commit: wire::get_bool(buf, "end_txn.commit")?,
+                origin: {
+                    let raw = wire::get_u8(buf, "end_txn.origin")?;
+                    DecisionOrigin::from_u8(raw).ok_or_else(|| DecodeError::Invalid {
+                        what: "end_txn.origin",
+                        detail: format!("{raw}"),
+                    })?
+                },
+                decided_ms: wire::get_u64(buf, "end_txn.decided_ms")?,
+                purge_at_ms: wire::get_u64(buf, "end_txn.purge_at_ms")?,
+            },
+            TAG_RECORD_CHECKS => Command::RecordChecks {
+                checks: wire::get_array(buf, "record_checks", 25, |b| {
+                    Ok(CheckRecord {
+                        txn_id: TxnId(wire::get_u64(b, "check.txn_id")?),
+                        expected_due_ms: wire::get_u64(b, "check.expected_due_ms")?,
+                        counted: wire::get_bool(b, "check.counted")?,
+                        next_check_ms: wire::get_u64(b, "check.next_check_ms")?,
+                    })
+                })?,
+            },
+            TAG_PARK_TXNS => Command::ParkTransactions {
+                parked_ms: wire::get_u64(buf, "park.parked_ms")?,
+                txns: wire::get_array(buf, "park.txns", 16, get_txn_due)?,
+            },
+            TAG_PURGE_TXNS => Command::PurgeTransactions {
+                txns: wire::get_array(buf, "purge.txns", 16, get_txn_due)?,
+            },
             other => {
                 return Err(DecodeError::Invalid {
                     what: "command.tag",
@@ -99,8 +252,28 @@ impl Command {
         match self {
             Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => 24 + name.len(),
             Command::Produce { topic, batch, .. } => 16 + topic.len() + batch.len(),
+            Command::PutHalf { group, topic, batch, .. } => {
+                40 + group.len() + topic.len() + batch.len()
+            }
+            Command::EndTransaction { .. } => 32,
+            Command::RecordChecks { checks } => 8 + 25 * checks.len(),
+            Command::ParkTransactions { txns, .. } | Command::PurgeTransactions { txns } => {
+                16 + 16 * txns.len()
+            }
         }
     }
+}
+
+fn put_txn_due(buf: &mut BytesMut, t: &TxnDue) {
+    buf.put_u64(t.txn_id.0);
+    buf.put_u64(t.due_ms);
+}
+
+fn get_txn_due(buf: &mut Bytes) -> DecodeResult<TxnDue> {
+    Ok(TxnDue {
+        txn_id: TxnId(wire::get_u64(buf, "txn_due.txn_id")?),
+        due_ms: wire::get_u64(buf, "txn_due.due_ms")?,
+    })
 }
 
 /// What applying a command produced; returned to the proposer.
@@ -116,6 +289,29 @@ pub enum CommandResponse {
         base_offset: Offset,
         /// Records in it.
         count: u32,
+    },
+    /// A half message was stored (or found: a resent batch).
+    HalfStored {
+        /// Its transaction.
+        txn_id: TxnId,
+        /// Leader clock when it was first stored.
+        created_ms: u64,
+    },
+    /// A transaction decision was applied (or had been, identically).
+    TxnEnded {
+        /// The state now.
+        state: TxnState,
+        /// The same decision had been taken before: nothing changed.
+        repeated: bool,
+        /// Base offset of the committed batch.
+        offset: Option<Offset>,
+        /// When the half message was stored (for the half-to-decision histogram).
+        created_ms: u64,
+    },
+    /// A different decision was taken before; the transaction stays as it is.
+    TxnAlreadyResolved {
+        /// Its state.
+        state: TxnState,
     },
     /// The command was valid Raft-wise but refused by the state machine (e.g. unknown topic).
     /// Deterministic: every replica refuses it the same way.
@@ -137,6 +333,34 @@ mod tests {
             Command::CreateTopic { name: "a".into(), partitions: 3, created_ms: 5 },
             Command::DeleteTopic { name: "a".into() },
             Command::Produce { topic: "a".into(), partition: 1, batch: Bytes::from_static(b"xy") },
+            Command::PutHalf {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 2,
+                check_timeout_ms: 6000,
+                created_ms: 9,
+                batch: Bytes::from_static(b"b"),
+            },
+            Command::EndTransaction {
+                txn_id: TxnId(4),
+                commit: true,
+                origin: DecisionOrigin::CheckBack,
+                decided_ms: 5,
+                purge_at_ms: 6,
+            },
+            Command::RecordChecks {
+                checks: vec![CheckRecord {
+                    txn_id: TxnId(1),
+                    expected_due_ms: 2,
+                    counted: true,
+                    next_check_ms: 3,
+                }],
+            },
+            Command::ParkTransactions {
+                parked_ms: 3,
+                txns: vec![TxnDue { txn_id: TxnId(1), due_ms: 2 }],
+            },
+            Command::PurgeTransactions { txns: vec![TxnDue { txn_id: TxnId(8), due_ms: 7 }] },
         ] {
             let mut buf = BytesMut::new();
             c.encode(&mut buf);

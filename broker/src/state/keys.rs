@@ -17,6 +17,8 @@ pub const MEMBERSHIP: [u8; 1] = [0x02];
 /// ```
 pub const NEXT_PARTITION_ID: [u8; 1] = [0x03];
 
+const GROUP_TXN_PREFIX: u8 = 0x12;
+
 const TOPIC_PREFIX: u8 = 0x10;
 const PARTITION_PREFIX: u8 = 0x11;
 
@@ -101,6 +103,158 @@ pub fn message_key_parts(key: &[u8]) -> DecodeResult<(u32, u64)> {
     Ok((u32::from_be_bytes(id), u64::from_be_bytes(off)))
 }
 
+/// ```text
+/// state CF: [0x12] | group (utf-8) → GroupTxnCounts (pending, parked, committed, rolled back)
+/// ```
+pub fn group_txn_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + group.len());
+    k.push(GROUP_TXN_PREFIX);
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+/// The key range holding every group's transaction counts.
+pub fn group_txn_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![GROUP_TXN_PREFIX], vec![GROUP_TXN_PREFIX + 1])
+}
+
+/// The group name inside a group-counts key.
+pub fn group_txn_name(key: &[u8]) -> DecodeResult<String> {
+    match key.split_first() {
+        Some((&GROUP_TXN_PREFIX, name)) => String::from_utf8(name.to_vec()).map_err(|_| {
+            DecodeError::Invalid { what: "group txn key", detail: "not utf-8".into() }
+        }),
+        _ => Err(DecodeError::Invalid { what: "group txn key", detail: "bad prefix".into() }),
+    }
+}
+
+const TXN_RECORD_PREFIX: u8 = 0x01;
+const TXN_OPEN_PREFIX: u8 = 0x02;
+const TXN_DEDUP_PREFIX: u8 = 0x03;
+
+/// ```text
+/// txn CF: [0x01] | txn_id:u64be → TxnRecord (every retained transaction)
+/// ```
+pub fn txn_key(txn_id: u64) -> [u8; 9] {
+    let mut k = [TXN_RECORD_PREFIX, 0, 0, 0, 0, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&txn_id.to_be_bytes());
+    k
+}
+
+/// ```text
+/// txn CF: [0x02] | txn_id:u64be → (empty)     one per open (pending or parked) transaction
+/// ```
+/// Ids grow with time, so the first key is the oldest open transaction.
+pub fn txn_open_key(txn_id: u64) -> [u8; 9] {
+    let mut k = [TXN_OPEN_PREFIX, 0, 0, 0, 0, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&txn_id.to_be_bytes());
+    k
+}
+
+/// ```text
+/// txn CF: [0x03] | producer_id:u64be | base_sequence:u32be → txn_id:u64be
+/// ```
+/// Makes `SendHalf` idempotent: a resent batch maps to the transaction of the first.
+pub fn txn_dedup_key(producer_id: u64, sequence: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = TXN_DEDUP_PREFIX;
+    k[1..9].copy_from_slice(&producer_id.to_be_bytes());
+    k[9..].copy_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+/// `[start, end)` of the record keys after `after` (exclusive).
+pub fn txn_records_after(after: u64) -> ([u8; 9], [u8; 9]) {
+    (txn_key(after.saturating_add(1)), [TXN_RECORD_PREFIX + 1, 0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+/// `[start, end)` of the open-index keys after `after` (exclusive).
+pub fn txn_open_after(after: u64) -> ([u8; 9], [u8; 9]) {
+    (txn_open_key(after.saturating_add(1)), [TXN_OPEN_PREFIX + 1, 0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+/// The transaction id inside a record or open-index key.
+pub fn txn_id_of(key: &[u8]) -> DecodeResult<u64> {
+    match key {
+        [TXN_RECORD_PREFIX | TXN_OPEN_PREFIX, rest @ ..] if rest.len() == 8 => {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(rest);
+            Ok(u64::from_be_bytes(id))
+        }
+        _ => Err(DecodeError::Invalid { what: "txn key", detail: format!("{key:?}") }),
+    }
+}
+
+/// True for a transaction record key (not an index entry).
+pub fn is_txn_record_key(key: &[u8]) -> bool {
+    key.len() == 9 && key[0] == TXN_RECORD_PREFIX
+}
+
+/// What a timer does when it fires. On disk; append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TimerKind {
+    /// Check back with the producer group of a pending transaction.
+    TxnCheck = 1,
+    /// Forget a decided transaction after its retention period.
+    TxnPurge = 2,
+}
+
+impl TimerKind {
+    fn from_u8(v: u8) -> Option<TimerKind> {
+        match v {
+            1 => Some(TimerKind::TxnCheck),
+            2 => Some(TimerKind::TxnPurge),
+            _ => None,
+        }
+    }
+}
+
+/// A timer: when, what, and for which id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    /// Leader clock at which it is due.
+    pub due_ms: u64,
+    /// What to do.
+    pub kind: TimerKind,
+    /// The subject (a transaction id).
+    pub id: u64,
+}
+
+impl Timer {
+    /// ```text
+    /// timers CF: due_ms:u64be | kind:u8 | id:u64be → (empty)
+    /// ```
+    /// Big-endian due time first, so the due timers are one range scan from the start.
+    pub fn key(&self) -> [u8; 17] {
+        let mut k = [0u8; 17];
+        k[..8].copy_from_slice(&self.due_ms.to_be_bytes());
+        k[8] = self.kind as u8;
+        k[9..].copy_from_slice(&self.id.to_be_bytes());
+        k
+    }
+
+    /// Reads a timer key.
+    pub fn from_key(key: &[u8]) -> DecodeResult<Timer> {
+        let bad = || DecodeError::Invalid { what: "timer key", detail: format!("{key:?}") };
+        let arr: [u8; 17] = key.try_into().map_err(|_| bad())?;
+        let mut due = [0u8; 8];
+        due.copy_from_slice(&arr[..8]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&arr[9..]);
+        Ok(Timer {
+            due_ms: u64::from_be_bytes(due),
+            kind: TimerKind::from_u8(arr[8]).ok_or_else(bad)?,
+            id: u64::from_be_bytes(id),
+        })
+    }
+
+    /// `[start, end)` of every timer due at or before `now_ms`.
+    pub fn due_range(now_ms: u64) -> (Vec<u8>, Vec<u8>) {
+        (Vec::new(), now_ms.saturating_add(1).to_be_bytes().to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +266,30 @@ mod tests {
         assert_eq!(message_key_parts(&message_key(7, 99)).unwrap(), (7, 99));
         let (s, e) = message_range(3);
         assert!(s <= message_key(3, 0) && message_key(3, u64::MAX) < e);
+    }
+
+    #[test]
+    fn timer_keys_sort_by_due_time_and_round_trip() {
+        let a = Timer { due_ms: 5, kind: TimerKind::TxnPurge, id: 9 };
+        let b = Timer { due_ms: 6, kind: TimerKind::TxnCheck, id: 1 };
+        assert!(a.key() < b.key());
+        assert_eq!(Timer::from_key(&a.key()).unwrap(), a);
+        let (start, end) = Timer::due_range(5);
+        assert!(a.key().as_slice() >= start.as_slice() && a.key().as_slice() < end.as_slice());
+        assert!(b.key().as_slice() >= end.as_slice());
+        assert!(Timer::from_key(&[0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn txn_keys_round_trip_and_order() {
+        assert_eq!(txn_id_of(&txn_key(77)).unwrap(), 77);
+        assert_eq!(txn_id_of(&txn_open_key(78)).unwrap(), 78);
+        assert!(is_txn_record_key(&txn_key(1)) && !is_txn_record_key(&txn_open_key(1)));
+        let (s, e) = txn_open_after(5);
+        assert!(txn_open_key(6).as_slice() >= s.as_slice() && txn_open_key(6) < e);
+        assert!(txn_open_key(5).as_slice() < s.as_slice());
+        assert!(txn_key(u64::MAX) < txn_open_key(0));
+        assert_eq!(group_txn_name(&group_txn_key("g1")).unwrap(), "g1");
     }
 
     #[test]

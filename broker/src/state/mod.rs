@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod keys;
+pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -20,6 +21,7 @@ use ferry_storage::{Cf, StateStore, StorageError, WriteBatch};
 use tokio::sync::watch;
 
 use self::command::{Command, CommandResponse};
+use self::txn::{GroupCounts, TxnRecord};
 
 /// Most partitions one topic may have.
 pub const TOPIC_PARTITIONS_MAX: u32 = 1024;
@@ -183,6 +185,7 @@ pub struct Meta {
     topics: BTreeMap<String, TopicRecord>,
     partitions: HashMap<u32, PartitionRecord>,
     next_partition_id: u32,
+    groups: BTreeMap<String, GroupCounts>,
 }
 
 impl Meta {
@@ -203,6 +206,7 @@ impl Meta {
             let id = keys::partition_id_of(&k).map_err(corrupt)?;
             meta.partitions.insert(id, PartitionRecord::decode(v).map_err(corrupt)?);
         }
+        meta.groups = txn::load_group_counts(store)?;
         Ok(meta)
     }
 }
@@ -235,6 +239,7 @@ fn scan_all(
 pub struct Changes {
     topics: Vec<String>,
     partitions: Vec<u32>,
+    groups: bool,
 }
 
 /// Applies commands to the state. Owned by the Raft state-machine worker.
@@ -242,6 +247,11 @@ pub struct Applier {
     store: Arc<dyn StateStore>,
     meta: Meta,
     shared: Arc<SharedState>,
+    /// Transaction records written by the current apply call and not yet in the store
+    /// (`None`: deleted), so a later command of the same call reads its predecessor's writes.
+    txn_overlay: HashMap<u64, Option<TxnRecord>>,
+    /// The same for `SendHalf` dedup entries: (producer id, sequence) → transaction id.
+    dedup_overlay: HashMap<(u64, u32), u64>,
 }
 
 impl Applier {
@@ -254,7 +264,13 @@ impl Applier {
         let meta = Meta::load(store.as_ref())?;
         let shared = Arc::new(SharedState::new(store.clone(), resolver));
         shared.publish_all(&meta);
-        Ok(Applier { store, meta, shared })
+        Ok(Applier {
+            store,
+            meta,
+            shared,
+            txn_overlay: HashMap::new(),
+            dedup_overlay: HashMap::new(),
+        })
     }
 
     /// The read side handlers use.
@@ -270,6 +286,8 @@ impl Applier {
     /// Reloads everything from the store (after a snapshot was installed).
     pub fn reload(&mut self) -> Result<(), StateError> {
         self.meta = Meta::load(self.store.as_ref())?;
+        self.txn_overlay.clear();
+        self.dedup_overlay.clear();
         self.shared.publish_all(&self.meta);
         Ok(())
     }
@@ -291,7 +309,71 @@ impl Applier {
             Command::Produce { topic, partition, batch: bytes } => {
                 self.produce(log_index, topic, *partition, bytes, batch, changes)
             }
+            Command::PutHalf {
+                group,
+                topic,
+                partition,
+                check_timeout_ms,
+                created_ms,
+                batch: b,
+            } => self.put_half(
+                log_index,
+                group,
+                topic,
+                *partition,
+                *check_timeout_ms,
+                *created_ms,
+                b,
+                batch,
+                changes,
+            ),
+            Command::EndTransaction { txn_id, commit, origin, decided_ms, purge_at_ms } => self
+                .end_transaction(
+                    *txn_id,
+                    *commit,
+                    *origin,
+                    *decided_ms,
+                    *purge_at_ms,
+                    batch,
+                    changes,
+                ),
+            Command::RecordChecks { checks } => self.record_checks(checks, batch),
+            Command::ParkTransactions { parked_ms, txns } => {
+                self.park_transactions(*parked_ms, txns, batch, changes)
+            }
+            Command::PurgeTransactions { txns } => self.purge_transactions(txns, batch),
         }
+    }
+
+    /// The global partition id of `topic`/`partition`, or the rejection to answer.
+    fn partition_id(&self, topic: &str, partition: u32) -> Result<u32, CommandResponse> {
+        let Some(record) = self.meta.topics.get(topic) else {
+            return Err(rejected(ErrorCode::UnknownTopic, format!("unknown topic {topic}")));
+        };
+        record.partition_ids.get(partition as usize).copied().ok_or_else(|| {
+            rejected(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic} has no partition {partition}"),
+            )
+        })
+    }
+
+    /// Appends a batch of `count` records to partition `id`; returns its base offset.
+    fn append(
+        &mut self,
+        id: u32,
+        value: MessageValue,
+        count: u32,
+        batch: &mut WriteBatch,
+        changes: &mut Changes,
+    ) -> Option<u64> {
+        let p = self.meta.partitions.get_mut(&id)?;
+        let base = p.next_offset;
+        p.next_offset = base.saturating_add(u64::from(count));
+        batch.put(Cf::Messages, keys::message_key(id, base).to_vec(), value.encode());
+        batch.put(Cf::State, keys::partition_key(id).to_vec(), p.encode());
+        changes.partitions.push(id);
+        Some(base)
     }
 
     fn create_topic(
@@ -363,14 +445,9 @@ impl Applier {
         batch: &mut WriteBatch,
         changes: &mut Changes,
     ) -> CommandResponse {
-        let Some(record) = self.meta.topics.get(topic) else {
-            return rejected(ErrorCode::UnknownTopic, format!("unknown topic {topic}"));
-        };
-        let Some(&id) = record.partition_ids.get(partition as usize) else {
-            return rejected(
-                ErrorCode::UnknownPartition,
-                format!("topic {topic} has no partition {partition}"),
-            );
+        let id = match self.partition_id(topic, partition) {
+            Ok(id) => id,
+            Err(resp) => return resp,
         };
         // The handler validated the batch (CRC, structure, count > 0) before proposing; reading
         // the header again here keeps apply total even if a bad batch reached the log.
@@ -378,23 +455,17 @@ impl Applier {
             Ok(b) if b.count() > 0 => b.count(),
             _ => return rejected(ErrorCode::CorruptBatch, "batch header unreadable".into()),
         };
-        let Some(p) = self.meta.partitions.get_mut(&id) else {
-            return rejected(ErrorCode::UnknownPartition, format!("partition id {id} missing"));
-        };
-        let base = p.next_offset;
-        p.next_offset = base.saturating_add(u64::from(count));
-        batch.put(
-            Cf::Messages,
-            keys::message_key(id, base).to_vec(),
-            MessageValue::InLog(log_index).encode(),
-        );
-        batch.put(Cf::State, keys::partition_key(id).to_vec(), p.encode());
-        changes.partitions.push(id);
-        CommandResponse::Produced { base_offset: Offset(base), count }
+        match self.append(id, MessageValue::InLog(log_index), count, batch, changes) {
+            Some(base) => CommandResponse::Produced { base_offset: Offset(base), count },
+            None => rejected(ErrorCode::UnknownPartition, format!("partition id {id} missing")),
+        }
     }
 
-    /// Publishes `changes` to readers. Call only after the batch holding them was written.
-    pub fn publish(&self, changes: &Changes) {
+    /// Publishes `changes` to readers. Call only after the batch holding them was written
+    /// (the store now holds what the apply call's overlay did, so the overlay is dropped).
+    pub fn publish(&mut self, changes: &Changes) {
+        self.txn_overlay.clear();
+        self.dedup_overlay.clear();
         self.shared.publish(&self.meta, changes);
     }
 }
@@ -413,6 +484,7 @@ struct PartitionView {
 struct ReadIndex {
     topics: BTreeMap<String, TopicRecord>,
     partitions: HashMap<u32, PartitionView>,
+    groups: BTreeMap<String, GroupCounts>,
 }
 
 /// The read side of the state, shared by every handler.
@@ -463,6 +535,7 @@ impl SharedState {
     fn publish_all(&self, meta: &Meta) {
         let Ok(mut index) = self.index.write() else { return };
         index.topics = meta.topics.clone();
+        index.groups = meta.groups.clone();
         index.partitions.retain(|id, _| meta.partitions.contains_key(id));
         for (id, p) in &meta.partitions {
             match index.partitions.get_mut(id) {
@@ -482,6 +555,9 @@ impl SharedState {
 
     fn publish(&self, meta: &Meta, changes: &Changes) {
         let Ok(mut index) = self.index.write() else { return };
+        if changes.groups {
+            index.groups = meta.groups.clone();
+        }
         for name in &changes.topics {
             match meta.topics.get(name) {
                 Some(t) => index.topics.insert(name.clone(), t.clone()),

@@ -60,13 +60,26 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     peers: String,
+    /// A TOML config file every node starts with (`--config`), if any.
+    config: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `n` nodes forming one cluster and waits until a leader is elected.
     pub async fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, "").await
+    }
+
+    /// Starts `n` nodes that read `config_toml` as their config file (settings not covered by
+    /// flags, e.g. transaction check timing).
+    pub async fn start_with(n: u64, config_toml: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let config = (!config_toml.is_empty()).then(|| {
+            let path = dir.path().join("ferry.toml");
+            std::fs::write(&path, config_toml).expect("write config");
+            path
+        });
         let nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
                 id,
@@ -77,7 +90,7 @@ impl Cluster {
             })
             .collect();
         let peers: Vec<String> = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect();
-        let mut cluster = Cluster { nodes, peers: peers.join(","), _dir: dir };
+        let mut cluster = Cluster { nodes, peers: peers.join(","), config, _dir: dir };
         for id in 1..=n {
             cluster.spawn(id);
         }
@@ -110,9 +123,13 @@ impl Cluster {
     }
 
     fn spawn_with(&mut self, id: u64, peers: Option<String>) {
+        let config = self.config.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} already running");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-broker"));
+        if let Some(path) = config {
+            cmd.arg("--config").arg(path);
+        }
         cmd.args(["--node-id", &id.to_string()])
             .args(["--listen", &node.addr])
             .args(["--admin-listen", &node.admin_addr])

@@ -8,3 +8,4 @@ mod cluster;
 mod harness;
 mod membership;
 mod single;
+mod txn;

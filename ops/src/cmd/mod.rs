@@ -5,12 +5,13 @@ pub mod cluster;
 pub mod consume;
 pub mod produce;
 pub mod topic;
+pub mod txn;
 
 use std::time::Duration;
 
 use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions};
 
-use crate::cli::{Cli, ClusterCommand, Command, TopicCommand};
+use crate::cli::{Cli, ClusterCommand, Command, TopicCommand, TxnCommand};
 use crate::output::Format;
 
 /// Client identity in handshakes.
@@ -71,5 +72,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(TopicCommand::Delete { name }) => topic::delete(&ctx, &name).await,
         Command::Produce(args) => produce::run(&ctx, args).await,
         Command::Consume(args) => consume::run(&ctx, args).await,
+        Command::Txn(TxnCommand::List(args)) => txn::list(&ctx, &args).await,
+        Command::Txn(TxnCommand::Show { id, payload }) => txn::show(&ctx, id, payload).await,
+        Command::Txn(TxnCommand::Commit { id }) => txn::commit(&ctx, id).await,
+        Command::Txn(TxnCommand::Rollback { id }) => txn::rollback(&ctx, id).await,
+        Command::Txn(TxnCommand::Stats) => txn::stats(&ctx).await,
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_protocol::frame::{RequestHeader, PROTOCOL_VERSION};
 use ferry_protocol::messages::*;
+use ferry_protocol::txn::{HeartbeatRequest, TransactionStatsRequest};
 use ferry_protocol::{ApiKey, ClientKind, Decode, Encode, ErrorCode, NodeId, RecordBatch};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,12 @@ use crate::metrics::Metrics;
 use crate::replication::{Replica, ReplicaError};
 use crate::state::command::{Command, CommandResponse};
 use crate::state::{validate_topic_name, StateError, TOPIC_PARTITIONS_MAX};
+use crate::txn::ProducerRegistry;
+
+mod transactions;
+
+/// Longest producer group name.
+pub const PRODUCER_GROUP_BYTES_MAX: usize = 249;
 
 /// Everything a handler needs.
 pub struct Context {
@@ -28,12 +35,14 @@ pub struct Context {
     pub advertised: String,
     /// Fires at shutdown; parked fetches return early.
     pub shutdown: CancellationToken,
+    /// Producer sessions connected here, by group (check-back targets).
+    pub producers: Arc<ProducerRegistry>,
 }
 
-type HandlerResult = Result<Bytes, ReplicaError>;
+pub(crate) type HandlerResult = Result<Bytes, ReplicaError>;
 
-fn err(code: ErrorCode, message: impl Into<String>) -> ReplicaError {
-    ReplicaError { code, message: message.into(), leader: None }
+pub(crate) fn err(code: ErrorCode, message: impl Into<String>) -> ReplicaError {
+    ReplicaError { code, message: message.into(), leader: None, txn_state: None }
 }
 
 fn decode<T: Decode>(body: Bytes) -> Result<T, ReplicaError> {
@@ -52,16 +61,30 @@ impl From<StateError> for ReplicaError {
     }
 }
 
-fn rejected_or(resp: CommandResponse) -> Result<CommandResponse, ReplicaError> {
+pub(crate) fn rejected_or(resp: CommandResponse) -> Result<CommandResponse, ReplicaError> {
     match resp {
         CommandResponse::Rejected { code, message } => Err(err(code, message)),
         other => Ok(other),
     }
 }
 
-/// Answers the handshake; returns the client's kind and the response body.
-pub fn handshake(ctx: &Context, body: Bytes) -> Result<(ClientKind, Bytes), ReplicaError> {
+/// What a handshake established about the client.
+pub struct Hello {
+    /// The client's kind.
+    pub kind: ClientKind,
+    /// Its producer group (empty if none).
+    pub producer_group: String,
+}
+
+/// Answers the handshake; returns what the client said about itself and the response body.
+pub fn handshake(ctx: &Context, body: Bytes) -> Result<(Hello, Bytes), ReplicaError> {
     let req: HandshakeRequest = decode(body)?;
+    if req.producer_group.len() > PRODUCER_GROUP_BYTES_MAX {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("producer group must be at most {PRODUCER_GROUP_BYTES_MAX} bytes"),
+        ));
+    }
     if req.version_min > PROTOCOL_VERSION || req.version_max < PROTOCOL_VERSION {
         return Err(err(
             ErrorCode::UnsupportedVersion,
@@ -83,7 +106,7 @@ pub fn handshake(ctx: &Context, body: Bytes) -> Result<(ClientKind, Bytes), Repl
         leader: ctx.replica.leader_hint(),
         nodes: ctx.replica.nodes(),
     };
-    Ok((req.kind, resp.to_bytes()))
+    Ok((Hello { kind: req.kind, producer_group: req.producer_group }, resp.to_bytes()))
 }
 
 /// Routes a request to its handler.
@@ -131,6 +154,20 @@ pub async fn dispatch(
         ApiKey::RaftAppend => ctx.replica.on_append(body).await,
         ApiKey::RaftVote => ctx.replica.on_vote(body).await,
         ApiKey::RaftSnapshot => ctx.replica.on_snapshot(body).await,
+        ApiKey::SendHalf => transactions::send_half(ctx, decode(body)?).await,
+        ApiKey::EndTransaction => transactions::end_transaction(ctx, decode(body)?).await,
+        ApiKey::Heartbeat => {
+            let _: HeartbeatRequest = decode(body)?;
+            if !ctx.replica.is_leader() {
+                return Err(ctx.replica.not_leader());
+            }
+            Ok(Empty.to_bytes())
+        }
+        ApiKey::ListTransactions => transactions::list(ctx, decode(body)?).await,
+        ApiKey::TransactionStats => {
+            let _: TransactionStatsRequest = decode(body)?;
+            transactions::stats(ctx)
+        }
     }
 }
 

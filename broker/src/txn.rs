@@ -1,0 +1,341 @@
+//! Transaction check-back, leader side: which producers of a group are connected here
+//! ([`ProducerRegistry`]) and the coordinator that asks them about transactions whose decision
+//! is overdue ([`run_coordinator`]).
+//!
+//! The coordinator runs on every node and acts only while its node leads. Each tick it reads
+//! the timers due now (an index range scan, never a scan of all transactions), sends the
+//! check-backs, and records through Raft what it did: check counts and next check times,
+//! parked transactions, purges. A new leader therefore resumes where the old one stopped; at
+//! worst a check made just before a failover is made once more.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::frame::{self, OutFrame, ResponseHeader, FLAG_PUSH};
+use ferry_protocol::txn::CheckTransactionPush;
+use ferry_protocol::{DecisionOrigin, Encode, ErrorCode, PartitionIndex, TxnId, TxnState};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CheckExhausted;
+use crate::handlers::Context;
+use crate::state::command::{CheckRecord, Command, CommandResponse, TxnDue};
+use crate::state::keys::{Timer, TimerKind};
+use crate::state::txn::TxnRecord;
+use crate::state::StateError;
+
+/// How often the coordinator looks for due timers.
+pub const COORDINATOR_TICK: Duration = Duration::from_millis(100);
+
+/// Most due timers handled per tick (the rest wait for the next tick).
+pub const DUE_TIMERS_PER_TICK_MAX: usize = 1024;
+
+struct GroupMembers {
+    sessions: Vec<(u64, mpsc::Sender<OutFrame>)>,
+    /// Round-robin position.
+    cursor: usize,
+}
+
+/// The producer sessions connected to this node, by producer group.
+#[derive(Default)]
+pub struct ProducerRegistry {
+    groups: Mutex<HashMap<String, GroupMembers>>,
+    next_session: AtomicU64,
+}
+
+/// Keeps a session registered; unregisters it when dropped.
+pub struct Registration {
+    registry: Arc<ProducerRegistry>,
+    group: String,
+    session: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let Ok(mut groups) = self.registry.groups.lock() else { return };
+        if let Some(members) = groups.get_mut(&self.group) {
+            members.sessions.retain(|(id, _)| *id != self.session);
+            if members.sessions.is_empty() {
+                groups.remove(&self.group);
+            }
+        }
+    }
+}
+
+impl ProducerRegistry {
+    /// Registers a producer session of `group` whose pushes go to `sender` (the session's
+    /// bounded writer queue).
+    pub fn register(self: &Arc<Self>, group: &str, sender: mpsc::Sender<OutFrame>) -> Registration {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut groups) = self.groups.lock() {
+            groups
+                .entry(group.to_string())
+                .or_insert_with(|| GroupMembers { sessions: Vec::new(), cursor: 0 })
+                .sessions
+                .push((session, sender));
+        }
+        Registration { registry: self.clone(), group: group.to_string(), session }
+    }
+
+    /// Connected sessions of `group`.
+    pub fn live(&self, group: &str) -> usize {
+        self.groups.lock().ok().and_then(|g| g.get(group).map(|m| m.sessions.len())).unwrap_or(0)
+    }
+
+    /// Sends `frame` to one session of `group`, round-robin, skipping sessions whose queue is
+    /// full or closed. False when no session took it.
+    pub fn push(&self, group: &str, frame: &OutFrame) -> bool {
+        let Ok(mut groups) = self.groups.lock() else { return false };
+        let Some(members) = groups.get_mut(group) else { return false };
+        let n = members.sessions.len();
+        for _ in 0..n {
+            let i = members.cursor % n;
+            members.cursor = members.cursor.wrapping_add(1);
+            let (_, sender) = &members.sessions[i];
+            if sender.try_send(frame.clone()).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Builds a push frame: a response header with correlation id 0 and the PUSH flag.
+pub fn push_frame(body: &impl Encode) -> OutFrame {
+    let mut head = BytesMut::with_capacity(frame::RESPONSE_HEADER_BYTES);
+    ResponseHeader { correlation_id: 0, error_code: ErrorCode::None, flags: FLAG_PUSH }
+        .encode(&mut head);
+    OutFrame { head: head.freeze(), body: body.to_bytes() }
+}
+
+/// The delay after the `n`-th counted check (0-based), per the backoff schedule.
+pub fn backoff_after(schedule: &[Duration], checks_done: u32) -> Duration {
+    let last = schedule.len().saturating_sub(1);
+    schedule.get((checks_done as usize).min(last)).copied().unwrap_or(Duration::from_secs(60))
+}
+
+/// Runs until `shutdown`: on the leader, fires due check and purge timers every tick; on every
+/// node, keeps the transaction gauges fresh.
+pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(COORDINATOR_TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ready_term: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let state = ctx.replica.state();
+        let (pending, parked) = state.txn_open_counts();
+        ctx.metrics.txn.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+        ctx.metrics.txn.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
+        let numbers = ctx.replica.raft_numbers();
+        if !numbers.is_leader {
+            ready_term = None;
+            continue;
+        }
+        if ready_term != Some(numbers.term) {
+            // A new leader first applies everything committed before its term, so it acts on
+            // the state its predecessor left, not an older one.
+            if let Err(e) = ctx.replica.read_barrier().await {
+                tracing::debug!(error = %e.message, "coordinator waits for leadership to settle");
+                continue;
+            }
+            tracing::info!(term = numbers.term, "transaction coordinator active");
+            ready_term = Some(numbers.term);
+        }
+        if let Err(e) = tick(&ctx).await {
+            tracing::warn!(error = %e, "transaction coordinator tick failed; retrying");
+        }
+    }
+}
+
+/// A due timer with what is needed to act on it.
+struct DueItem {
+    timer: Timer,
+    record: Option<TxnRecord>,
+    batch: Option<Bytes>,
+}
+
+async fn load_due(ctx: &Context, now_ms: u64, check_max: u32) -> Result<Vec<DueItem>, StateError> {
+    let state = ctx.replica.state().clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<Vec<DueItem>, StateError> {
+        let timers = state.due_timers(now_ms, DUE_TIMERS_PER_TICK_MAX)?;
+        let mut out = Vec::with_capacity(timers.len());
+        for timer in timers {
+            let record = state.txn(TxnId(timer.id))?;
+            let batch = match &record {
+                Some(r)
+                    if timer.kind == TimerKind::TxnCheck
+                        && r.state == TxnState::Pending
+                        && r.check_count < check_max =>
+                {
+                    Some(state.txn_batch(r)?)
+                }
+                _ => None,
+            };
+            out.push(DueItem { timer, record, batch });
+        }
+        Ok(out)
+    })
+    .await;
+    loaded.map_err(|e| StateError::Corrupt(format!("due-timer reader failed: {e}")))?
+}
+
+/// One pass over the due timers.
+async fn tick(ctx: &Context) -> Result<(), String> {
+    let config = &ctx.config;
+    let now = ferry_protocol::now_ms();
+    let items = load_due(ctx, now, config.txn_check_max).await.map_err(|e| e.to_string())?;
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut checks = Vec::new();
+    let mut park = Vec::new();
+    let mut exhausted = Vec::new();
+    let mut purge = Vec::new();
+    for item in items {
+        let due = TxnDue { txn_id: TxnId(item.timer.id), due_ms: item.timer.due_ms };
+        let Some(record) = item.record else { continue };
+        match item.timer.kind {
+            TimerKind::TxnPurge => purge.push(due),
+            TimerKind::TxnCheck => {
+                if record.state != TxnState::Pending || record.next_check_ms != item.timer.due_ms {
+                    continue;
+                }
+                if record.check_count >= config.txn_check_max {
+                    match config.txn_check_exhausted {
+                        CheckExhausted::Park => park.push(due),
+                        CheckExhausted::Rollback => exhausted.push(due),
+                    }
+                    continue;
+                }
+                let push = CheckTransactionPush {
+                    txn_id: due.txn_id,
+                    group: record.group.clone(),
+                    topic: record.topic.clone(),
+                    partition: PartitionIndex(record.partition),
+                    created_ms: record.created_ms,
+                    check_count: record.check_count.saturating_add(1),
+                    batch: item.batch.unwrap_or_default(),
+                };
+                let sent = ctx.producers.push(&record.group, &push_frame(&push));
+                if sent {
+                    tracing::debug!(
+                        txn = due.txn_id.0,
+                        check = push.check_count,
+                        "check-back sent"
+                    );
+                } else {
+                    ctx.metrics.txn.check_no_producer.inc();
+                    tracing::debug!(txn = due.txn_id.0, group = %record.group, "no producer of the group connected; check not counted");
+                }
+                let delay = backoff_after(&config.txn_check_backoff, record.check_count);
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                checks.push(CheckRecord {
+                    txn_id: due.txn_id,
+                    expected_due_ms: due.due_ms,
+                    counted: sent,
+                    next_check_ms: now.saturating_add(delay_ms),
+                });
+            }
+        }
+    }
+    if !checks.is_empty() {
+        propose(ctx, Command::RecordChecks { checks }).await?;
+    }
+    if !park.is_empty() {
+        let n = park.len() as u64;
+        for t in &park {
+            tracing::warn!(txn = t.txn_id.0, "transaction parked after its last check-back; resolve with `ferryctl txn commit|rollback`");
+        }
+        propose(ctx, Command::ParkTransactions { parked_ms: now, txns: park }).await?;
+        ctx.metrics.txn.check_parked.inc_by(n);
+    }
+    let retention_ms = u64::try_from(config.txn_retention.as_millis()).unwrap_or(u64::MAX);
+    for t in exhausted {
+        let resp = propose(
+            ctx,
+            Command::EndTransaction {
+                txn_id: t.txn_id,
+                commit: false,
+                origin: DecisionOrigin::ChecksExhausted,
+                decided_ms: now,
+                purge_at_ms: now.saturating_add(retention_ms),
+            },
+        )
+        .await?;
+        if let CommandResponse::TxnEnded { repeated: false, created_ms, .. } = resp {
+            tracing::warn!(txn = t.txn_id.0, "transaction rolled back after its last check-back");
+            ctx.metrics.txn.check_exhausted_rollback.inc();
+            ctx.metrics.txn.rollbacks.inc();
+            observe_decision(ctx, created_ms, now);
+        }
+    }
+    if !purge.is_empty() {
+        propose(ctx, Command::PurgeTransactions { txns: purge }).await?;
+    }
+    Ok(())
+}
+
+async fn propose(ctx: &Context, command: Command) -> Result<CommandResponse, String> {
+    ctx.replica.propose(command).await.map_err(|e| e.message)
+}
+
+/// Records the time from half message to decision.
+pub fn observe_decision(ctx: &Context, created_ms: u64, decided_ms: u64) {
+    let secs = decided_ms.saturating_sub(created_ms) as f64 / 1000.0;
+    ctx.metrics.txn.decision_seconds.observe(secs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_repeats_its_last_step() {
+        let s: Vec<Duration> = [1, 2, 3].into_iter().map(Duration::from_secs).collect();
+        assert_eq!(backoff_after(&s, 0), Duration::from_secs(1));
+        assert_eq!(backoff_after(&s, 2), Duration::from_secs(3));
+        assert_eq!(backoff_after(&s, 40), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn pushes_go_round_robin_to_live_sessions_only() {
+        let registry = Arc::new(ProducerRegistry::default());
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let r1 = registry.register("g", tx1);
+        let r2 = registry.register("g", tx2);
+        assert_eq!(registry.live("g"), 2);
+        let frame = OutFrame { head: Bytes::from_static(b"h"), body: Bytes::new() };
+        assert!(registry.push("g", &frame));
+        assert!(registry.push("g", &frame));
+        assert!(rx1.try_recv().is_ok() && rx2.try_recv().is_ok());
+        drop(r1);
+        assert_eq!(registry.live("g"), 1);
+        assert!(registry.push("g", &frame));
+        assert!(rx2.try_recv().is_ok());
+        assert!(!registry.push("other", &frame));
+        drop(r2);
+        assert_eq!(registry.live("g"), 0);
+        assert!(!registry.push("g", &frame));
+    }
+
+    #[tokio::test]
+    async fn a_full_session_is_skipped() {
+        let registry = Arc::new(ProducerRegistry::default());
+        let (full, _keep) = mpsc::channel(1);
+        let (free, mut rx) = mpsc::channel(4);
+        let _a = registry.register("g", full.clone());
+        let _b = registry.register("g", free);
+        let frame = OutFrame { head: Bytes::from_static(b"h"), body: Bytes::new() };
+        full.try_send(frame.clone()).unwrap();
+        assert!(registry.push("g", &frame));
+        assert!(registry.push("g", &frame));
+        assert_eq!(rx.try_recv().iter().count() + rx.try_recv().iter().count(), 2);
+    }
+}
