@@ -356,7 +356,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use ferry_protocol::{Offset, PartitionIndex, Record, RecordBatchBuilder};
+    use ferry_protocol::{
+        DecisionOrigin, Offset, PartitionIndex, Record, RecordBatchBuilder, TxnId, TxnState,
+    };
     use ferry_storage::mem::MemStore;
     use ferry_storage::{LogStore, StateStore, WriteBatch};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -406,6 +408,15 @@ mod tests {
                 Command::CreateTopic { name: "t".into(), partitions: 1, created_ms: 0 },
                 Command::Produce { topic: "t".into(), partition: 0, batch: batch("one") },
                 Command::Produce { topic: "t".into(), partition: 0, batch: batch("two") },
+                half("three"),
+                Command::EndTransaction {
+                    txn_id: TxnId(4),
+                    commit: true,
+                    origin: DecisionOrigin::Producer,
+                    decided_ms: 2,
+                    purge_at_ms: 3,
+                },
+                half("four"),
             ],
         );
         let dir = tempfile::tempdir().unwrap();
@@ -422,7 +433,7 @@ mod tests {
         let restored = Applier::open(Arc::new(target), batch_resolver(empty_log)).unwrap();
         let shared = restored.shared();
         let handle = shared.partition("t", PartitionIndex(0)).unwrap();
-        assert_eq!(handle.high_watermark(), Offset(2));
+        assert_eq!(handle.high_watermark(), Offset(3));
         let batches = shared.read(&handle, Offset(0), 1 << 20).unwrap();
         let values: Vec<Bytes> = batches
             .iter()
@@ -436,7 +447,23 @@ mod tests {
                     .value
             })
             .collect();
-        assert_eq!(values, vec![Bytes::from("one"), Bytes::from("two")]);
+        assert_eq!(values, vec![Bytes::from("one"), Bytes::from("two"), Bytes::from("three")]);
+        // The pending half message travels inline too, and can still be committed.
+        let pending = shared.txn(TxnId(6)).unwrap().unwrap();
+        assert_eq!(pending.state, TxnState::Pending);
+        assert!(matches!(pending.batch, MessageValue::Inline(_)));
+        assert_eq!(shared.txn_batch(&pending).unwrap(), batch("four"));
+    }
+
+    fn half(v: &str) -> Command {
+        Command::PutHalf {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            check_timeout_ms: 1000,
+            created_ms: 1,
+            batch: batch(v),
+        }
     }
 
     #[test]
