@@ -1,12 +1,24 @@
-//! Command-line flags of `ferry-bench` and the humane duration parser they use (`10s`, `2m`,
-//! `1m30s`, `250ms`). Called by `main` and by [`crate::run`].
+//! Command-line flags of `ferry-bench`, the checks on combinations clap cannot express
+//! ([`Args::validate`]), and the humane duration parser they use (`10s`, `2m`, `1m30s`,
+//! `250ms`). Called by `main` and by [`crate::run`].
 
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// Messages sent (or read) when neither `--count` nor `--duration` is given.
+/// Messages sent (or read, or transactions run) when neither `--count` nor `--duration` is
+/// given.
 pub const COUNT_DEFAULT: u64 = 100_000;
+
+/// Transactions each producer instance keeps open at once when `--transactions-in-flight` is
+/// not given (txn).
+pub const TXN_IN_FLIGHT_DEFAULT: u64 = 64;
+
+/// Largest `--transactions-in-flight`: each open transaction is a task holding its payload.
+pub const TXN_IN_FLIGHT_MAX: u64 = 100_000;
+
+/// Producer group of the bench's transactional producers when `--group` is not given.
+pub const TXN_GROUP_DEFAULT: &str = "bench";
 
 /// Load generator for ferrymq, with the same workloads against NATS JetStream for comparison.
 #[derive(Debug, Clone, Parser)]
@@ -18,12 +30,23 @@ pub const COUNT_DEFAULT: u64 = 100_000;
         produce: send messages, measure throughput and send->ack latency.\n\
         consume: read --count messages from the earliest offset (default: all present); \
         the clock starts before the readers connect.\n\
-        e2e:     produce and consume at once; latency from send to receipt.\n\n\
+        e2e:     produce and consume at once; latency from send to receipt.\n\
+        txn:     transactions (ferrymq only): half send, --local-work (a sleep), then commit, \
+        or rollback for a --rollback-ratio fraction; --transactions-in-flight open at once \
+        per instance (default 64), --concurrency transactional producers in producer group \
+        --group (default \"bench\"); --count and --warmup count transactions.\n\n\
         Latency is measured per message from just before the client's send() (after the \
         bench's own --in-flight window admits it; back-pressure inside send() is included) \
         to the ack, or for e2e to the moment the consumer yields it. No coordinated-omission \
         correction: with --rate, a sender that falls behind sends at once and its lateness is \
-        not added."
+        not added.\n\n\
+        txn reports transactions/s; msgs/s and MB/s of committed messages; the latency of a \
+        whole committed transaction (half send to commit ack, --local-work included) and, \
+        apart, of the half send, the commit and the rollback. The bench decides every \
+        transaction itself, so its checker answers commit and counts the check-backs it gets: \
+        any means a decision was lost or came after the broker's txn_check_timeout (6 s by \
+        default), or an earlier run of the same --group left transactions open. Exit status 1 \
+        when a transaction failed."
 )]
 pub struct Args {
     /// What to run.
@@ -64,7 +87,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..=16 * 1024 * 1024))]
     pub size: u64,
 
-    /// Messages to send or read (default 100000; consume: every message present).
+    /// Messages to send or read (default 100000; consume: every message present); txn:
+    /// transactions to run.
     #[arg(long, conflicts_with = "duration")]
     pub count: Option<u64>,
 
@@ -72,7 +96,8 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Messages sent and acknowledged before measuring starts (produce, e2e); not reported.
+    /// Messages sent and acknowledged before measuring starts (produce, e2e; txn:
+    /// transactions decided); not reported, except that failed ones count as errors.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
 
@@ -80,12 +105,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub concurrency: u64,
 
-    /// Target total send rate in messages per second, spread over the instances (default:
-    /// as fast as possible).
+    /// Target total send rate in messages per second (txn: transactions started per second),
+    /// spread over the instances (default: as fast as possible).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
 
-    /// Unacknowledged messages each instance may have in flight (same bound for both systems).
+    /// Unacknowledged messages each instance may have in flight (same bound for both systems;
+    /// txn uses --transactions-in-flight instead).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub in_flight: u64,
 
@@ -105,9 +131,95 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub idle_timeout: Duration,
 
+    /// Producer group the transactional producers join (txn; default "bench"). Check-backs
+    /// go to any live member of the group.
+    #[arg(long)]
+    pub group: Option<String>,
+
+    /// Transactions each producer instance keeps open at once, from half send to decision
+    /// (txn; default 64).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=TXN_IN_FLIGHT_MAX))]
+    pub transactions_in_flight: Option<u64>,
+
+    /// Simulated local work between a transaction's half send and its decision, a sleep
+    /// (txn; e.g. 5ms; default 0).
+    #[arg(long, value_parser = parse_duration)]
+    pub local_work: Option<Duration>,
+
+    /// Fraction of transactions rolled back instead of committed, 0..=1, spread evenly
+    /// (txn; default 0).
+    #[arg(long, value_parser = parse_ratio)]
+    pub rollback_ratio: Option<f64>,
+
     /// Print one JSON object with every result instead of the human summary.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Args {
+    /// Checks combinations of flags clap cannot: txn runs on ferrymq only and takes no batching
+    /// flags; the txn flags are refused by the other workloads rather than ignored.
+    ///
+    /// # Errors
+    /// A sentence naming the offending flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let txn_flags = [
+            ("--group", self.group.is_some()),
+            ("--transactions-in-flight", self.transactions_in_flight.is_some()),
+            ("--local-work", self.local_work.is_some()),
+            ("--rollback-ratio", self.rollback_ratio.is_some()),
+        ];
+        if self.workload != Workload::Txn {
+            if let Some((flag, _)) = txn_flags.iter().find(|(_, given)| *given) {
+                return Err(format!("{flag} applies to the txn workload only"));
+            }
+            return Ok(());
+        }
+        if self.system == System::Nats {
+            return Err("txn runs against ferrymq only (NATS JetStream has no half messages \
+                        or check-back); drop --system nats"
+                .into());
+        }
+        let batching = [
+            ("--linger", self.linger.is_some()),
+            ("--batch-bytes", self.batch_bytes.is_some()),
+            ("--buffer-bytes", self.buffer_bytes.is_some()),
+        ];
+        if let Some((flag, _)) = batching.iter().find(|(_, given)| *given) {
+            return Err(format!(
+                "{flag} does not apply to txn: each half message travels alone, unbatched"
+            ));
+        }
+        let group = self.txn_group();
+        if group.is_empty() || group.len() > ferry_producer::GROUP_BYTES_MAX {
+            return Err(format!(
+                "--group is {} bytes; allowed 1..={}",
+                group.len(),
+                ferry_producer::GROUP_BYTES_MAX
+            ));
+        }
+        Ok(())
+    }
+
+    /// The producer group (txn).
+    pub fn txn_group(&self) -> &str {
+        self.group.as_deref().unwrap_or(TXN_GROUP_DEFAULT)
+    }
+
+    /// Transactions each instance keeps open at once (txn).
+    pub fn txn_in_flight(&self) -> u64 {
+        self.transactions_in_flight.unwrap_or(TXN_IN_FLIGHT_DEFAULT)
+    }
+
+    /// Simulated local work per transaction (txn).
+    pub fn local_work(&self) -> Duration {
+        self.local_work.unwrap_or(Duration::ZERO)
+    }
+
+    /// Fraction of transactions rolled back (txn).
+    pub fn rollback_ratio(&self) -> f64 {
+        self.rollback_ratio.unwrap_or(0.0)
+    }
 }
 
 /// The workload to run.
@@ -119,6 +231,8 @@ pub enum Workload {
     Consume,
     /// Produce and consume at once; send→receipt latency.
     E2e,
+    /// Transactions: half send, local work, commit or rollback; transaction latency.
+    Txn,
 }
 
 impl Workload {
@@ -128,6 +242,7 @@ impl Workload {
             Workload::Produce => "produce",
             Workload::Consume => "consume",
             Workload::E2e => "e2e",
+            Workload::Txn => "txn",
         }
     }
 }
@@ -187,6 +302,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Parses a fraction in `0..=1` (`0`, `0.25`, `1`).
+pub fn parse_ratio(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{text:?}: expected a fraction from 0 to 1"));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // In a test a failed unwrap is a failed test, which is the point.
 mod tests {
@@ -236,5 +360,96 @@ mod tests {
         assert!(Args::try_parse_from(["ferry-bench", "e2e", "--count", "1", "--duration", "1s"])
             .is_err());
         assert!(Args::try_parse_from(["ferry-bench", "produce", "--size", "4"]).is_err());
+    }
+
+    fn parse(flags: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("ferry-bench").chain(flags.iter().copied()))
+    }
+
+    #[test]
+    fn txn_flags_parse_with_defaults() {
+        let args = parse(&["txn", "--count", "20000"]).unwrap();
+        assert_eq!(args.workload, Workload::Txn);
+        assert_eq!(args.workload.name(), "txn");
+        args.validate().unwrap();
+        assert_eq!(args.txn_group(), "bench");
+        assert_eq!(args.txn_in_flight(), 64);
+        assert_eq!(args.local_work(), Duration::ZERO);
+        assert_eq!(args.rollback_ratio(), 0.0);
+
+        let args = parse(&[
+            "txn",
+            "--group",
+            "orders",
+            "--transactions-in-flight",
+            "256",
+            "--local-work",
+            "5ms",
+            "--rollback-ratio",
+            "0.1",
+            "--concurrency",
+            "2",
+        ])
+        .unwrap();
+        args.validate().unwrap();
+        assert_eq!(args.txn_group(), "orders");
+        assert_eq!(args.txn_in_flight(), 256);
+        assert_eq!(args.local_work(), Duration::from_millis(5));
+        assert_eq!(args.rollback_ratio(), 0.1);
+    }
+
+    #[test]
+    fn bad_txn_values_are_rejected_by_the_parser() {
+        for bad in [
+            &["txn", "--rollback-ratio", "1.5"][..],
+            &["txn", "--rollback-ratio", "-0.1"],
+            &["txn", "--rollback-ratio", "NaN"],
+            &["txn", "--rollback-ratio", "half"],
+            &["txn", "--transactions-in-flight", "0"],
+            &["txn", "--transactions-in-flight", "100001"],
+            &["txn", "--local-work", "5"],
+        ] {
+            // `--local-work 5` is 5 s (a bare integer is seconds) and valid.
+            if bad.contains(&"--local-work") {
+                assert_eq!(parse(bad).unwrap().local_work(), Duration::from_secs(5));
+                continue;
+            }
+            assert!(parse(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert_eq!(parse_ratio("0"), Ok(0.0));
+        assert_eq!(parse_ratio("1"), Ok(1.0));
+        assert_eq!(parse_ratio(" 0.25 "), Ok(0.25));
+        assert!(parse_ratio("inf").is_err());
+    }
+
+    #[test]
+    fn txn_combinations_are_checked() {
+        let refused = |flags: &[&str]| parse(flags).unwrap().validate().unwrap_err();
+        let e = refused(&["txn", "--system", "nats"]);
+        assert!(e.contains("ferrymq only") && e.contains("--system nats"), "{e}");
+        let e = refused(&["txn", "--linger", "1ms"]);
+        assert!(e.starts_with("--linger does not apply to txn"), "{e}");
+        let e = refused(&["txn", "--batch-bytes", "65536"]);
+        assert!(e.starts_with("--batch-bytes"), "{e}");
+        let e = refused(&["txn", "--buffer-bytes", "65536"]);
+        assert!(e.starts_with("--buffer-bytes"), "{e}");
+        let e = refused(&["txn", "--group", ""]);
+        assert!(e.contains("allowed 1..=249"), "{e}");
+        let long = "g".repeat(250);
+        let e = refused(&["txn", "--group", &long]);
+        assert!(e.contains("250 bytes"), "{e}");
+        parse(&["txn", "--group", &"g".repeat(249)]).unwrap().validate().unwrap();
+
+        // The txn flags are refused elsewhere rather than silently ignored.
+        let e = refused(&["produce", "--rollback-ratio", "0.5"]);
+        assert_eq!(e, "--rollback-ratio applies to the txn workload only");
+        let e = refused(&["e2e", "--group", "g"]);
+        assert_eq!(e, "--group applies to the txn workload only");
+        let e = refused(&["consume", "--transactions-in-flight", "8"]);
+        assert_eq!(e, "--transactions-in-flight applies to the txn workload only");
+        let e = refused(&["produce", "--local-work", "1ms"]);
+        assert_eq!(e, "--local-work applies to the txn workload only");
+        // Produce still takes the batching flags and NATS.
+        parse(&["produce", "--system", "nats", "--linger", "1ms"]).unwrap().validate().unwrap();
     }
 }

@@ -1,13 +1,18 @@
 //! The ferrymq side of the bench: topic set-up through the cluster client, one
-//! [`ferry_producer::Producer`] per producer slot and one [`ferry_consumer::Consumer`] per
-//! reader.
+//! [`ferry_producer::Producer`] per producer slot, one [`ferry_consumer::Consumer`] per
+//! reader, and one [`ferry_producer::TransactionalProducer`] per txn slot with a checker that
+//! answers commit and counts what it is asked.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use ferry_consumer::{Consumer, ConsumerConfig, StartFrom};
-use ferry_producer::{Message, Producer, ProducerConfig};
+use ferry_producer::{
+    checker_fn, Message, MessageView, Producer, ProducerConfig, Resolution, Transaction,
+    TransactionConfig, TransactionalProducer,
+};
 use ferry_protocol::messages::{CreateTopicRequest, MetadataRequest, TopicMetadata};
 use ferry_protocol::{
     ClientKind, ClusterClient, ClusterOptions, ConnectOptions, ErrorCode, Offset, PartitionIndex,
@@ -16,6 +21,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
 use crate::cli::Args;
+use crate::txn::{HalfSendError, OpenTxn, TxnSession};
 use crate::workload::{AckFuture, MessageSender, ReadMode, ReadOutcome, ReadProgress};
 
 /// Creates the topic if asked to (an existing one is fine) and returns its metadata.
@@ -105,6 +111,104 @@ impl MessageSender for FerrySender {
         Box::pin(async move {
             self.producer.flush().await?;
             self.producer.close().await?;
+            Ok(())
+        })
+    }
+}
+
+/// Check-backs received by the bench's checkers, shared by every txn slot of a run.
+#[derive(Debug, Default)]
+pub struct CheckBackTally {
+    count: AtomicU64,
+    first: Mutex<Option<u64>>,
+}
+
+impl CheckBackTally {
+    fn note(&self, view: &MessageView) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.first.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(view.txn_id.0);
+    }
+
+    /// Check-backs received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The transaction the first check-back was about.
+    pub fn first_txn(&self) -> Option<u64> {
+        *self.first.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One ferrymq transactional producer instance.
+pub struct FerryTxnSession {
+    producer: TransactionalProducer,
+    topic: Arc<str>,
+}
+
+impl FerryTxnSession {
+    /// Connects transactional producer number `index` in `args`' group. Its checker answers
+    /// commit (the bench decides every transaction itself, so a check-back means a decision
+    /// was lost or late) and counts the question in `tally`.
+    ///
+    /// # Errors
+    /// When the producer cannot connect.
+    pub async fn connect(
+        args: &Args,
+        index: u64,
+        tally: Arc<CheckBackTally>,
+    ) -> anyhow::Result<FerryTxnSession> {
+        let mut config = TransactionConfig::new(args.bootstrap.clone(), args.txn_group());
+        config.producer.client_id = format!("ferry-bench-t{index}");
+        let checker = checker_fn(move |view: MessageView| {
+            tally.note(&view);
+            async { Resolution::Commit }
+        });
+        let producer = TransactionalProducer::connect(config, checker)
+            .await
+            .context("transactional producer cannot connect")?;
+        Ok(FerryTxnSession { producer, topic: Arc::from(args.topic.as_str()) })
+    }
+}
+
+impl TxnSession for FerryTxnSession {
+    type Open = Transaction;
+
+    fn send_half(
+        &self,
+        partition: u32,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<Transaction, HalfSendError>> {
+        Box::pin(async move {
+            let message = Message::new(payload).to_partition(PartitionIndex(partition));
+            self.producer.send_half(&self.topic, message).await.map_err(|e| HalfSendError {
+                // Not retriable: unreachable for the whole retry deadline, closed, unknown
+                // topic or partition, message too large, refused by the broker.
+                retriable: e.is_retriable(),
+                error: e.into(),
+            })
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.producer.clone().close().await?;
+            Ok(())
+        })
+    }
+}
+
+impl OpenTxn for Transaction {
+    fn commit(self) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            Transaction::commit(self).await?;
+            Ok(())
+        })
+    }
+
+    fn rollback(self) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            Transaction::rollback(self).await?;
             Ok(())
         })
     }

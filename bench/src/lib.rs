@@ -9,6 +9,7 @@
 //! ferry-bench produce --duration 30s --rate 20000 --linger 1ms --json   # latency at moderate load
 //! ferry-bench consume --concurrency 4                    # read every stored message from earliest
 //! ferry-bench e2e --partitions 4 --count 100000 --rate 10000           # send -> receipt latency
+//! ferry-bench txn --partitions 4 --count 20000 --transactions-in-flight 64  # half -> commit
 //! ferry-bench produce --system nats --nats-url nats://127.0.0.1:4222 --partitions 4 --replicas 3
 //! ```
 //!
@@ -16,22 +17,25 @@
 //! `--in-flight` unacknowledged messages. Measuring starts once every slot finished its
 //! `--warmup` share; `elapsed` runs to the last ack (produce) or receipt (consume, e2e).
 //! Latency at full load is mostly queueing (in-flight / throughput); use `--rate` to see
-//! latency at a given load.
+//! latency at a given load. The txn workload (ferrymq only) has its own driver in [`txn`].
 
 pub mod cli;
 pub mod ferry;
 pub mod nats;
 pub mod payload;
 pub mod report;
+pub mod txn;
 pub mod workload;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
 use crate::cli::{Args, System, Workload, COUNT_DEFAULT};
 use crate::payload::Clock;
-use crate::report::{rates, BenchResult, LatencyKind};
+use crate::report::{rates, BenchResult, LatencyKind, TxnReport};
+use crate::txn::TxnPlan;
 use crate::workload::{
     partitions_for_reader, run_producers, watch_reads, ProduceOutcome, ProducePlan, ReadEnd,
     ReadMode, ReadOutcome, ReadProgress, Stop,
@@ -40,13 +44,16 @@ use crate::workload::{
 /// Runs the workload `args` names and returns what it measured.
 ///
 /// # Errors
-/// When the system cannot be reached or set up, a client fails to connect, or a client
-/// becomes unusable mid-run. Individual failed sends are counted in the result instead.
+/// When the flags do not go together ([`Args::validate`]), the system cannot be reached or
+/// set up, a client fails to connect, or a client becomes unusable mid-run. Individual failed
+/// sends (and transactions) are counted in the result instead.
 pub async fn run(args: &Args) -> anyhow::Result<BenchResult> {
+    args.validate().map_err(anyhow::Error::msg)?;
     match args.workload {
         Workload::Produce => produce(args).await,
         Workload::Consume => consume(args).await,
         Workload::E2e => e2e(args).await,
+        Workload::Txn => txn(args).await,
     }
 }
 
@@ -149,6 +156,7 @@ fn result_for(args: &Args, partitions: u32) -> BenchResult {
         errors: 0,
         first_error: None,
         incomplete: None,
+        txn: None,
     }
 }
 
@@ -339,5 +347,49 @@ async fn e2e(args: &Args) -> anyhow::Result<BenchResult> {
     result.first_error = produced.first_error.or(read.first_error);
     result.incomplete =
         incomplete_reason(&end, read.messages, Some(produced.acked), args.idle_timeout);
+    Ok(result)
+}
+
+async fn txn(args: &Args) -> anyhow::Result<BenchResult> {
+    let topic = ferry::prepare_topic(args).await?;
+    let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+    let plan = TxnPlan {
+        stop: stop_of(args),
+        warmup: args.warmup,
+        rate: args.rate,
+        size: size_of(args),
+        partitions,
+        in_flight_max: usize::try_from(args.txn_in_flight()).unwrap_or(usize::MAX),
+        local_work: args.local_work(),
+        rollback_ratio: args.rollback_ratio(),
+    };
+    let tally = Arc::new(ferry::CheckBackTally::default());
+    let connects =
+        (0..args.concurrency).map(|i| ferry::FerryTxnSession::connect(args, i, tally.clone()));
+    let sessions = try_join_all(connects).await?;
+    let outcome = txn::run_transactions(sessions, &plan).await?;
+    let mut result = result_for(args, partitions);
+    set_rates(&mut result, outcome.committed, outcome.committed_bytes, outcome.elapsed);
+    result.latency_kind = Some(LatencyKind::HalfToCommit);
+    result.latency_ms = outcome.whole.summary();
+    result.errors = outcome.errors;
+    result.first_error = outcome.first_error;
+    result.incomplete = outcome.stopped_early;
+    let transactions = outcome.committed + outcome.rolled_back;
+    result.txn = Some(TxnReport {
+        group: args.txn_group().to_string(),
+        in_flight: args.txn_in_flight(),
+        local_work_ms: args.local_work().as_secs_f64() * 1000.0,
+        rollback_ratio: args.rollback_ratio(),
+        transactions,
+        committed: outcome.committed,
+        rolled_back: outcome.rolled_back,
+        txn_per_s: rates(transactions, 0, outcome.elapsed).0,
+        half_latency_ms: outcome.half.summary(),
+        commit_latency_ms: outcome.commit.summary(),
+        rollback_latency_ms: outcome.rollback.summary(),
+        check_backs: tally.count(),
+        first_check_back_txn: tally.first_txn(),
+    });
     Ok(result)
 }

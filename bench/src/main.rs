@@ -1,7 +1,8 @@
 //! `ferry-bench`: parse flags, run one workload, print the result (human or `--json`).
 //!
-//! Exit status: 0 on a clean run, 1 when the run finished but some sends or reads failed or
-//! reading stopped early, 2 when the run could not be carried out.
+//! Exit status: 0 on a clean run, 1 when the run finished but some sends, reads or
+//! transactions failed or the run stopped early, 2 when the run could not be carried out
+//! (including flags that do not go together).
 
 use std::process::ExitCode;
 

@@ -75,6 +75,7 @@ impl LatencyHistogram {
         Some(LatencySummary {
             count: self.hist.len(),
             p50: ms(self.hist.value_at_quantile(0.50)),
+            p90: ms(self.hist.value_at_quantile(0.90)),
             p99: ms(self.hist.value_at_quantile(0.99)),
             p99_9: ms(self.hist.value_at_quantile(0.999)),
             max: ms(self.hist.max()),
@@ -95,6 +96,8 @@ pub struct LatencySummary {
     pub count: u64,
     /// Median.
     pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
     /// 99.9th percentile.
@@ -111,6 +114,9 @@ pub enum LatencyKind {
     SendToAck,
     /// From just before `send()` to the consumer yielding the message.
     SendToConsume,
+    /// A whole committed transaction: from just before the half send to the commit's
+    /// acknowledgement (local work included).
+    HalfToCommit,
 }
 
 impl LatencyKind {
@@ -118,6 +124,7 @@ impl LatencyKind {
         match self {
             LatencyKind::SendToAck => "send->ack",
             LatencyKind::SendToConsume => "send->consume",
+            LatencyKind::HalfToCommit => "half->commit",
         }
     }
 }
@@ -163,8 +170,45 @@ pub struct BenchResult {
     pub errors: u64,
     /// The first error seen, if any.
     pub first_error: Option<String>,
-    /// Why reading stopped early, if it did (e.g. nothing arrived for the idle timeout).
+    /// Why reading stopped early, if it did (e.g. nothing arrived for the idle timeout), or
+    /// why a txn run stopped starting transactions.
     pub incomplete: Option<String>,
+    /// What only the txn workload measures (absent from the JSON of other workloads). For txn,
+    /// `messages`, `bytes` and the rates count committed messages, `latency_ms` is the whole
+    /// committed transaction and `errors` counts failed transactions (warm-up included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txn: Option<TxnReport>,
+}
+
+/// The txn workload's own figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TxnReport {
+    /// Producer group of the bench's producers.
+    pub group: String,
+    /// Transactions each producer instance kept open at once, at most.
+    pub in_flight: u64,
+    /// Simulated local work per transaction, in milliseconds.
+    pub local_work_ms: f64,
+    /// Fraction of transactions rolled back on purpose.
+    pub rollback_ratio: f64,
+    /// Transactions decided while measuring (committed + rolled back).
+    pub transactions: u64,
+    /// Of those, committed.
+    pub committed: u64,
+    /// Of those, rolled back.
+    pub rolled_back: u64,
+    /// `transactions / elapsed_s`.
+    pub txn_per_s: f64,
+    /// Half send to its acknowledgement (every transaction whose half was stored).
+    pub half_latency_ms: Option<LatencySummary>,
+    /// Commit request to its acknowledgement.
+    pub commit_latency_ms: Option<LatencySummary>,
+    /// Rollback request to its acknowledgement.
+    pub rollback_latency_ms: Option<LatencySummary>,
+    /// Check-backs the bench's checkers were asked (warm-up included), answered with commit.
+    pub check_backs: u64,
+    /// The transaction of the first check-back, to look up with `ferryctl txn show`.
+    pub first_check_back_txn: Option<u64>,
 }
 
 /// Messages per second and MB per second over `elapsed` (0 for an empty span).
@@ -181,11 +225,12 @@ pub fn format_ms(ms: f64) -> String {
     format!("{ms:.3}")
 }
 
-/// `p50 1.234  p99 5.678  p99.9 9.100  max 12.300 ms (n=…)`.
+/// `p50 1.234  p90 3.456  p99 5.678  p99.9 9.100  max 12.300 ms  (n=…)`.
 pub fn format_latency(summary: &LatencySummary) -> String {
     format!(
-        "p50 {}  p99 {}  p99.9 {}  max {} ms  (n={})",
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {} ms  (n={})",
         format_ms(summary.p50),
+        format_ms(summary.p90),
         format_ms(summary.p99),
         format_ms(summary.p99_9),
         format_ms(summary.max),
@@ -216,18 +261,32 @@ impl BenchResult {
         if self.warmup > 0 {
             let _ = write!(out, " warmup={}", self.warmup);
         }
+        if let Some(txn) = &self.txn {
+            txn.write_settings(&mut out);
+        }
         out.push('\n');
-        let _ = writeln!(
-            out,
-            "  messages    {} ({:.1} MB) in {:.3} s",
-            self.messages,
-            self.bytes as f64 / BYTES_PER_MB,
-            self.elapsed_s
-        );
-        let _ =
-            writeln!(out, "  throughput  {:.0} msgs/s, {:.2} MB/s", self.msgs_per_s, self.mb_per_s);
+        match &self.txn {
+            Some(txn) => txn.write_counts(&mut out, self),
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  messages    {} ({:.1} MB) in {:.3} s",
+                    self.messages,
+                    self.bytes as f64 / BYTES_PER_MB,
+                    self.elapsed_s
+                );
+                let _ = writeln!(
+                    out,
+                    "  throughput  {:.0} msgs/s, {:.2} MB/s",
+                    self.msgs_per_s, self.mb_per_s
+                );
+            }
+        }
         if let (Some(kind), Some(lat)) = (self.latency_kind, &self.latency_ms) {
             let _ = writeln!(out, "  latency     {}: {}", kind.label(), format_latency(lat));
+        }
+        if let Some(txn) = &self.txn {
+            txn.write_latencies_and_check_backs(&mut out);
         }
         if let Some(lat) = &self.ack_latency_ms {
             let _ = writeln!(
@@ -257,6 +316,62 @@ impl BenchResult {
     /// Only if serialisation fails, which plain data does not.
     pub fn to_json(&self) -> anyhow::Result<String> {
         Ok(serde_json::to_string(self)?)
+    }
+}
+
+impl TxnReport {
+    /// ` group=… in_flight=… local_work=… ms[ rollback_ratio=…]` on the heading line.
+    fn write_settings(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            " group={} in_flight={} local_work={} ms",
+            self.group,
+            self.in_flight,
+            format_ms(self.local_work_ms)
+        );
+        if self.rollback_ratio > 0.0 {
+            let _ = write!(out, " rollback_ratio={}", self.rollback_ratio);
+        }
+    }
+
+    /// Transactions and committed messages, with their rates.
+    fn write_counts(&self, out: &mut String, result: &BenchResult) {
+        let _ = writeln!(
+            out,
+            "  transactions {} ({} committed, {} rolled back) in {:.3} s: {:.0} txn/s",
+            self.transactions, self.committed, self.rolled_back, result.elapsed_s, self.txn_per_s
+        );
+        let _ = writeln!(
+            out,
+            "  committed   {} msgs ({:.1} MB): {:.0} msgs/s, {:.2} MB/s",
+            result.messages,
+            result.bytes as f64 / BYTES_PER_MB,
+            result.msgs_per_s,
+            result.mb_per_s
+        );
+    }
+
+    /// The per-step latencies and the check-back count (always shown: any is news).
+    fn write_latencies_and_check_backs(&self, out: &mut String) {
+        let steps = [
+            ("half send", &self.half_latency_ms),
+            ("commit", &self.commit_latency_ms),
+            ("rollback", &self.rollback_latency_ms),
+        ];
+        for (label, summary) in steps {
+            if let Some(lat) = summary {
+                let _ = writeln!(out, "  {label:<11} {}", format_latency(lat));
+            }
+        }
+        let _ = write!(out, "  check-backs {}", self.check_backs);
+        if self.check_backs > 0 {
+            let _ = write!(out, " (answered commit; a decision was lost or late");
+            if let Some(txn) = self.first_check_back_txn {
+                let _ = write!(out, "; first: transaction {txn}");
+            }
+            out.push(')');
+        }
+        out.push('\n');
     }
 }
 
@@ -291,7 +406,46 @@ mod tests {
             errors: 0,
             first_error: None,
             incomplete: None,
+            txn: None,
         }
+    }
+
+    fn summary(p50: f64) -> LatencySummary {
+        LatencySummary {
+            count: 10,
+            p50,
+            p90: p50 * 2.0,
+            p99: p50 * 3.0,
+            p99_9: p50 * 4.0,
+            max: p50 * 5.0,
+        }
+    }
+
+    fn txn_sample() -> BenchResult {
+        let mut r = sample();
+        r.workload = "txn";
+        r.messages = 900;
+        r.bytes = 921_600;
+        r.msgs_per_s = 1800.0;
+        r.mb_per_s = 1.8432;
+        r.latency_kind = Some(LatencyKind::HalfToCommit);
+        r.latency_ms = Some(summary(4.0));
+        r.txn = Some(TxnReport {
+            group: "bench".into(),
+            in_flight: 64,
+            local_work_ms: 0.0,
+            rollback_ratio: 0.1,
+            transactions: 1000,
+            committed: 900,
+            rolled_back: 100,
+            txn_per_s: 2000.0,
+            half_latency_ms: Some(summary(2.0)),
+            commit_latency_ms: Some(summary(1.0)),
+            rollback_latency_ms: Some(summary(0.5)),
+            check_backs: 0,
+            first_check_back_txn: None,
+        });
+        r
     }
 
     #[test]
@@ -345,8 +499,11 @@ mod tests {
         assert_eq!(format_ms(1.5), "1.500");
         assert_eq!(format_ms(0.0004), "0.000");
         assert_eq!(format_ms(12.3456), "12.346");
-        let s = LatencySummary { count: 9, p50: 1.0, p99: 2.5, p99_9: 3.25, max: 4.0 };
-        assert_eq!(format_latency(&s), "p50 1.000  p99 2.500  p99.9 3.250  max 4.000 ms  (n=9)");
+        let s = LatencySummary { count: 9, p50: 1.0, p90: 2.0, p99: 2.5, p99_9: 3.25, max: 4.0 };
+        assert_eq!(
+            format_latency(&s),
+            "p50 1.000  p90 2.000  p99 2.500  p99.9 3.250  max 4.000 ms  (n=9)"
+        );
     }
 
     #[test]
@@ -358,7 +515,8 @@ mod tests {
         // HDR reports the highest value equivalent to a bucket: 5000 µs shows as 5.003 ms.
         assert!(
             text.contains(
-                "latency     send->ack: p50 5.003  p99 9.903  p99.9 9.991  max 10.007 ms  (n=1000)"
+                "latency     send->ack: p50 5.003  p90 9.007  p99 9.903  p99.9 9.991  max 10.007 ms  \
+                 (n=1000)"
             ),
             "{text}"
         );
@@ -386,5 +544,81 @@ mod tests {
         assert!(v["latency_ms"]["p99_9"].as_f64().unwrap() > 9.9);
         assert!(v["ack_latency_ms"].is_null());
         assert!(v["rate_target"].is_null());
+        assert!(v["latency_ms"]["p90"].as_f64().unwrap() > 8.9);
+        // Other workloads' JSON is unchanged by the txn fields.
+        assert!(v.get("txn").is_none());
+    }
+
+    #[test]
+    fn txn_human_summary_has_transactions_steps_and_check_backs() {
+        let text = txn_sample().to_human();
+        assert!(
+            text.starts_with(
+                "ferry txn: topic=bench partitions=4 size=1024 B concurrency=2 group=bench \
+                 in_flight=64 local_work=0.000 ms rollback_ratio=0.1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  transactions 1000 (900 committed, 100 rolled back) in 0.500 s: 2000 txn/s\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  committed   900 msgs (0.9 MB): 1800 msgs/s, 1.84 MB/s\n"),
+            "{text}"
+        );
+        assert!(!text.contains("  messages"), "{text}");
+        assert!(
+            text.contains(
+                "  latency     half->commit: p50 4.000  p90 8.000  p99 12.000  p99.9 16.000  \
+                 max 20.000 ms  (n=10)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  half send   p50 2.000  p90 4.000"), "{text}");
+        assert!(text.contains("  commit      p50 1.000  p90 2.000"), "{text}");
+        assert!(text.contains("  rollback    p50 0.500  p90 1.000"), "{text}");
+        assert!(text.ends_with("  check-backs 0\n"), "{text}");
+
+        let mut quiet = txn_sample();
+        if let Some(t) = quiet.txn.as_mut() {
+            t.rollback_ratio = 0.0;
+            t.rollback_latency_ms = None;
+            t.check_backs = 3;
+            t.first_check_back_txn = Some(42);
+        }
+        quiet.errors = 1;
+        quiet.first_error = Some("commit: boom".into());
+        let text = quiet.to_human();
+        assert!(!text.contains("rollback_ratio") && !text.contains("  rollback "), "{text}");
+        assert!(
+            text.contains(
+                "  check-backs 3 (answered commit; a decision was lost or late; first: \
+                 transaction 42)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("errors      1 (first: commit: boom)"), "{text}");
+    }
+
+    #[test]
+    fn txn_json_nests_the_txn_figures() {
+        let v: serde_json::Value = serde_json::from_str(&txn_sample().to_json().unwrap()).unwrap();
+        assert_eq!(v["workload"], "txn");
+        assert_eq!(v["latency_kind"], "half_to_commit");
+        assert_eq!(v["messages"], 900);
+        assert_eq!(v["txn"]["transactions"], 1000);
+        assert_eq!(v["txn"]["committed"], 900);
+        assert_eq!(v["txn"]["rolled_back"], 100);
+        assert_eq!(v["txn"]["txn_per_s"], 2000.0);
+        assert_eq!(v["txn"]["group"], "bench");
+        assert_eq!(v["txn"]["in_flight"], 64);
+        assert_eq!(v["txn"]["half_latency_ms"]["p90"], 4.0);
+        assert_eq!(v["txn"]["commit_latency_ms"]["p99_9"], 4.0);
+        assert_eq!(v["txn"]["rollback_latency_ms"]["max"], 2.5);
+        assert_eq!(v["txn"]["check_backs"], 0);
+        assert!(v["txn"]["first_check_back_txn"].is_null());
     }
 }
