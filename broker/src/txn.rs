@@ -123,6 +123,8 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(COORDINATOR_TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready_term: Option<u64> = None;
+    // Timers before this key have fired (see `SharedState::due_timers_from`).
+    let mut cursor: Vec<u8> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -146,8 +148,9 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
             tracing::info!(term = numbers.term, "transaction coordinator active");
             ready_term = Some(numbers.term);
+            cursor.clear();
         }
-        if let Err(e) = tick(&ctx).await {
+        if let Err(e) = tick(&ctx, &mut cursor).await {
             tracing::warn!(error = %e, "transaction coordinator tick failed; retrying");
         }
     }
@@ -160,10 +163,15 @@ struct DueItem {
     batch: Option<Bytes>,
 }
 
-async fn load_due(ctx: &Context, now_ms: u64, check_max: u32) -> Result<Vec<DueItem>, StateError> {
+async fn load_due(
+    ctx: &Context,
+    from: Vec<u8>,
+    now_ms: u64,
+    check_max: u32,
+) -> Result<Vec<DueItem>, StateError> {
     let state = ctx.replica.state().clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Vec<DueItem>, StateError> {
-        let timers = state.due_timers(now_ms, DUE_TIMERS_PER_TICK_MAX)?;
+        let timers = state.due_timers_from(&from, now_ms, DUE_TIMERS_PER_TICK_MAX)?;
         let mut out = Vec::with_capacity(timers.len());
         for timer in timers {
             let record = state.txn(TxnId(timer.id))?;
@@ -185,12 +193,29 @@ async fn load_due(ctx: &Context, now_ms: u64, check_max: u32) -> Result<Vec<DueI
     loaded.map_err(|e| StateError::Corrupt(format!("due-timer reader failed: {e}")))?
 }
 
-/// One pass over the due timers.
-async fn tick(ctx: &Context) -> Result<(), String> {
+/// One pass over the due timers from `cursor`; moves the cursor past what it handled.
+///
+/// Timers added since the last pass may be due before the cursor (a short check timeout
+/// stamped before the last pass, applied after it): apply reports the earliest one added and
+/// the cursor moves back to it first.
+async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
     let config = &ctx.config;
     let now = ferry_protocol::now_ms();
-    let items = load_due(ctx, now, config.txn_check_max).await.map_err(|e| e.to_string())?;
+    if let Some(low) = ctx.replica.state().take_timer_low_ms() {
+        let low_key = low.to_be_bytes();
+        if low_key.as_slice() < cursor.as_slice() {
+            *cursor = low_key.to_vec();
+        }
+    }
+    let items = load_due(ctx, cursor.clone(), now, config.txn_check_max)
+        .await
+        .map_err(|e| e.to_string())?;
+    let next_cursor = match items.last() {
+        Some(last) if items.len() == DUE_TIMERS_PER_TICK_MAX => last.timer.key().to_vec(),
+        _ => now.saturating_add(1).to_be_bytes().to_vec(),
+    };
     if items.is_empty() {
+        *cursor = next_cursor;
         return Ok(());
     }
     let mut checks = Vec::new();
@@ -278,6 +303,9 @@ async fn tick(ctx: &Context) -> Result<(), String> {
     if !purge.is_empty() {
         propose(ctx, Command::PurgeTransactions { txns: purge }).await?;
     }
+    // Only now: a failed proposal above leaves the cursor where it was, so the timers it did
+    // not move are read again next tick.
+    *cursor = next_cursor;
     Ok(())
 }
 

@@ -240,6 +240,8 @@ pub struct Changes {
     topics: Vec<String>,
     partitions: Vec<u32>,
     groups: bool,
+    /// Earliest due time of a timer added by this apply call.
+    timer_low_ms: Option<u64>,
 }
 
 /// Applies commands to the state. Owned by the Raft state-machine worker.
@@ -337,7 +339,7 @@ impl Applier {
                     batch,
                     changes,
                 ),
-            Command::RecordChecks { checks } => self.record_checks(checks, batch),
+            Command::RecordChecks { checks } => self.record_checks(checks, batch, changes),
             Command::ParkTransactions { parked_ms, txns } => {
                 self.park_transactions(*parked_ms, txns, batch, changes)
             }
@@ -492,6 +494,9 @@ pub struct SharedState {
     store: Arc<dyn StateStore>,
     resolver: BatchResolver,
     index: RwLock<ReadIndex>,
+    /// Earliest due time of the timers added since the coordinator last asked
+    /// (`u64::MAX`: none).
+    timer_low_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A resolved partition ready to read.
@@ -521,7 +526,20 @@ impl PartitionHandle {
 
 impl SharedState {
     fn new(store: Arc<dyn StateStore>, resolver: BatchResolver) -> Self {
-        SharedState { store, resolver, index: RwLock::new(ReadIndex::default()) }
+        SharedState {
+            store,
+            resolver,
+            index: RwLock::new(ReadIndex::default()),
+            timer_low_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The earliest due time of the timers added since the last call (`None`: none), so a
+    /// scan cursor past it can move back. Starts at 0 (everything), also after a snapshot
+    /// install.
+    pub fn take_timer_low_ms(&self) -> Option<u64> {
+        let low = self.timer_low_ms.swap(u64::MAX, std::sync::atomic::Ordering::AcqRel);
+        (low != u64::MAX).then_some(low)
     }
 
     /// The batch bytes a messages-family value stands for.
@@ -533,6 +551,7 @@ impl SharedState {
     }
 
     fn publish_all(&self, meta: &Meta) {
+        self.timer_low_ms.store(0, std::sync::atomic::Ordering::Release);
         let Ok(mut index) = self.index.write() else { return };
         index.topics = meta.topics.clone();
         index.groups = meta.groups.clone();
@@ -554,6 +573,10 @@ impl SharedState {
     }
 
     fn publish(&self, meta: &Meta, changes: &Changes) {
+        if let Some(low) = changes.timer_low_ms {
+            // After the write: a coordinator that takes this mark finds the timer in the store.
+            self.timer_low_ms.fetch_min(low, std::sync::atomic::Ordering::AcqRel);
+        }
         let Ok(mut index) = self.index.write() else { return };
         if changes.groups {
             index.groups = meta.groups.clone();

@@ -190,6 +190,12 @@ impl GroupCounts {
     }
 }
 
+/// Adds a timer and notes its due time, so the coordinator's scan cursor can move back to it.
+fn put_timer(timer: Timer, batch: &mut WriteBatch, changes: &mut Changes) {
+    batch.put(Cf::Timers, timer.key().to_vec(), Bytes::new());
+    changes.timer_low_ms = Some(changes.timer_low_ms.map_or(timer.due_ms, |t| t.min(timer.due_ms)));
+}
+
 impl Applier {
     /// The record of `txn_id` as this apply call sees it (its own earlier writes first).
     fn load_txn(&self, txn_id: u64) -> Result<Option<TxnRecord>, StateError> {
@@ -297,7 +303,7 @@ impl Applier {
             count,
             batch: MessageValue::InLog(log_index),
         };
-        batch.put(Cf::Timers, record.check_timer(log_index).key().to_vec(), Bytes::new());
+        put_timer(record.check_timer(log_index), batch, changes);
         batch.put(Cf::Txn, keys::txn_open_key(log_index).to_vec(), Bytes::new());
         self.save_txn(log_index, record, batch);
         let counts = self.group_counts(group, changes, |c| c.pending += 1);
@@ -367,7 +373,7 @@ impl Applier {
         record.origin = Some(origin);
         record.next_check_ms = 0;
         record.purge_at_ms = purge_at_ms;
-        batch.put(Cf::Timers, record.purge_timer(id).key().to_vec(), Bytes::new());
+        put_timer(record.purge_timer(id), batch, changes);
         let group = record.group.clone();
         let offset = record.offset.map(Offset);
         let created_ms = record.created_ms;
@@ -393,6 +399,7 @@ impl Applier {
         &mut self,
         checks: &[CheckRecord],
         batch: &mut WriteBatch,
+        changes: &mut Changes,
     ) -> CommandResponse {
         for check in checks {
             let id = check.txn_id.0;
@@ -409,7 +416,7 @@ impl Applier {
             if check.counted {
                 record.check_count = record.check_count.saturating_add(1);
             }
-            batch.put(Cf::Timers, record.check_timer(id).key().to_vec(), Bytes::new());
+            put_timer(record.check_timer(id), batch, changes);
             self.save_txn(id, record, batch);
         }
         CommandResponse::Done
@@ -507,9 +514,24 @@ impl SharedState {
 
     /// Timers due at `now_ms` or earlier, earliest first, at most `limit`.
     pub fn due_timers(&self, now_ms: u64, limit: usize) -> Result<Vec<Timer>, StateError> {
-        let (start, end) = Timer::due_range(now_ms);
+        self.due_timers_from(&[], now_ms, limit)
+    }
+
+    /// Timers due at `now_ms` or earlier whose key is at or after `from`, earliest first.
+    ///
+    /// Why a start key: fired timers are deleted, and RocksDB keeps their tombstones until a
+    /// compaction, so a scan from the very first key steps over every timer fired since then
+    /// (measured: an idle broker's CPU grew with the number of decided transactions). The
+    /// coordinator starts where it stopped instead (see [`SharedState::take_timer_low_ms`]).
+    pub fn due_timers_from(
+        &self,
+        from: &[u8],
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Timer>, StateError> {
+        let (_, end) = Timer::due_range(now_ms);
         self.store
-            .scan(Cf::Timers, &start, &end, limit)?
+            .scan(Cf::Timers, from, &end, limit)?
             .into_iter()
             .map(|(k, _)| Timer::from_key(&k).map_err(corrupt))
             .collect()
@@ -896,6 +918,25 @@ mod tests {
         let (oldest, groups) = shared.txn_stats().unwrap();
         assert_eq!(oldest, 10_000);
         assert_eq!(groups[0].pending, 4);
+    }
+
+    #[test]
+    fn added_timers_report_their_earliest_due_time() {
+        let mut rig = Rig::new();
+        let shared = rig.applier.shared();
+        assert_eq!(shared.take_timer_low_ms(), Some(0), "a fresh state asks for a full scan");
+        assert_eq!(shared.take_timer_low_ms(), None);
+        let mut late = half(1, "a");
+        if let Command::PutHalf { created_ms, .. } = &mut late {
+            *created_ms = 50_000;
+        }
+        rig.apply(vec![late, half(2, "b")]);
+        assert_eq!(shared.take_timer_low_ms(), Some(11_000));
+        assert_eq!(shared.take_timer_low_ms(), None);
+        // A scan from a cursor sees only what lies at or after it.
+        let from = 11_001u64.to_be_bytes();
+        let due = shared.due_timers_from(&from, u64::MAX - 1, 10).unwrap();
+        assert_eq!(due.iter().map(|t| t.due_ms).collect::<Vec<_>>(), vec![51_000]);
     }
 
     #[test]
