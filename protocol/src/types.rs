@@ -14,8 +14,8 @@ pub struct PartitionIndex(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Offset(pub u64);
 
-/// A transaction's id: the Raft log index of the entry that stored its half message, so it is
-/// unique in the cluster for ever and grows with time.
+/// A transaction's id: assigned in order (1, 2, 3, ...) by the replicated state when the half
+/// message is stored, so it is unique in the cluster for ever and grows with time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct TxnId(pub u64);
 

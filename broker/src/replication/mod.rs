@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPoli
 
 use self::log_store::RaftLog;
 use self::network::Network;
+use self::proposer::Proposer;
 use self::state_machine::StateMachine;
 use crate::state::command::{Command, CommandResponse};
 use crate::state::SharedState;
@@ -75,6 +77,9 @@ pub struct Replica {
     node_id: u64,
     raft: Raft<TypeConfig>,
     shared: Arc<SharedState>,
+    proposer: Proposer,
+    tasks: tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Replica {
@@ -108,7 +113,10 @@ impl Replica {
         let shared = sm.shared();
         let network = Network::new(node_id, frame_bytes_max);
         let raft = Raft::new(node_id, config, network, RaftLog::new(log), sm).await?;
-        Ok(Replica { node_id, raft, shared })
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let proposer = Proposer::start(raft.clone(), node_id, &tasks, cancel.clone());
+        Ok(Replica { node_id, raft, shared, proposer, tasks, cancel })
     }
 
     /// Forms a new cluster from `members` if this node has never been part of one. Every
@@ -182,39 +190,45 @@ impl Replica {
 
     /// Proposes `command`; returns once it is committed by a quorum and applied here.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, ReplicaError> {
-        match self.raft.client_write(command).await {
-            Ok(resp) => Ok(resp.data),
-            Err(e) => Err(self.map_write_error(e)),
-        }
+        self.proposer.propose(command).await
     }
 
     fn map_write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ReplicaError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => {
-                let leader = match (fwd.leader_id, fwd.leader_node) {
-                    (Some(id), Some(node)) => {
-                        Some(LeaderHint { leader_id: NodeId(id), leader_addr: node.addr })
-                    }
-                    _ => None,
-                };
-                match leader {
-                    Some(hint) => ReplicaError {
-                        code: ErrorCode::NotLeader,
-                        message: format!("node {} is not the leader", self.node_id),
-                        leader: Some(hint),
-                        txn_state: None,
-                    },
-                    None => ReplicaError::new(ErrorCode::NoLeader, "no leader elected yet"),
-                }
-            }
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                ReplicaError::new(ErrorCode::MembershipChange, e.to_string())
-            }
-            RaftError::Fatal(e) => ReplicaError::new(ErrorCode::ShuttingDown, e.to_string()),
-        }
+        map_write_error(self.node_id, e)
     }
+}
 
-    /// Adds a node: as a learner first (waiting until it caught up), then as a voter.
+/// Turns an openraft write error into the wire error a client gets.
+pub(crate) fn map_write_error(
+    node_id: u64,
+    e: RaftError<u64, ClientWriteError<u64, BasicNode>>,
+) -> ReplicaError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => {
+            let leader = match (fwd.leader_id, fwd.leader_node) {
+                (Some(id), Some(node)) => {
+                    Some(LeaderHint { leader_id: NodeId(id), leader_addr: node.addr })
+                }
+                _ => None,
+            };
+            match leader {
+                Some(hint) => ReplicaError {
+                    code: ErrorCode::NotLeader,
+                    message: format!("node {node_id} is not the leader"),
+                    leader: Some(hint),
+                    txn_state: None,
+                },
+                None => ReplicaError::new(ErrorCode::NoLeader, "no leader elected yet"),
+            }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ReplicaError::new(ErrorCode::MembershipChange, e.to_string())
+        }
+        RaftError::Fatal(e) => ReplicaError::new(ErrorCode::ShuttingDown, e.to_string()),
+    }
+}
+
+impl Replica {
     /// Waits until this node, as leader, has applied every entry committed before the call
     /// (a read barrier: confirms leadership with a quorum, then waits for apply).
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
@@ -225,6 +239,7 @@ impl Replica {
             .map_err(|e| ReplicaError::new(ErrorCode::NotLeader, e.to_string()))
     }
 
+    /// Adds a node: as a learner first (waiting until it caught up), then as a voter.
     pub async fn add_node(&self, id: u64, addr: String) -> Result<(), ReplicaError> {
         if !self.is_leader() {
             return Err(self.not_leader());
@@ -362,9 +377,14 @@ impl Replica {
 
     /// Stops Raft.
     pub async fn shutdown(&self) {
+        // Stop merging (queued proposals fail with ShuttingDown), stop Raft (entries in flight
+        // return), then wait for the writers.
+        self.cancel.cancel();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown failed");
         }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 

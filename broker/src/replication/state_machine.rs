@@ -23,7 +23,9 @@ use super::codec;
 use super::TypeConfig;
 use crate::state::command::CommandResponse;
 use crate::state::txn::TxnRecord;
-use crate::state::{keys, Applier, BatchResolver, Changes, MessageValue, SharedState, StateError};
+use crate::state::{
+    keys, Applier, BatchResolver, Changes, LogPos, MessageValue, SharedState, StateError,
+};
 
 const CURRENT_META: &str = "current.meta";
 const CURRENT_DATA: &str = "current.snap";
@@ -305,21 +307,27 @@ fn inline_messages(from: &Path, to: &Path, shared: &SharedState) -> anyhow::Resu
     Ok(())
 }
 
-/// Reads the batch of the produce command in the Raft log entry at an index.
+/// Reads the batch of the produce or half-message command at a log position.
 fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
-    Arc::new(move |index: u64| {
+    use crate::state::command::Command;
+    Arc::new(move |pos: LogPos| {
+        let index = pos.index;
         let entries = log.read_range(index, index.saturating_add(1))?;
         let Some((_, bytes)) = entries.into_iter().next() else {
             return Err(StateError::Corrupt(format!("raft log entry {index} is missing")));
         };
         let entry =
             codec::entry_from_bytes(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        match entry.payload {
-            EntryPayload::Normal(
-                crate::state::command::Command::Produce { batch, .. }
-                | crate::state::command::Command::PutHalf { batch, .. },
-            ) => Ok(batch),
-            _ => Err(StateError::Corrupt(format!("raft log entry {index} holds no batch"))),
+        let command = match (entry.payload, pos.position) {
+            (EntryPayload::Normal(Command::Batch(commands)), Some(i)) => {
+                commands.into_iter().nth(i as usize)
+            }
+            (EntryPayload::Normal(command), None) => Some(command),
+            _ => None,
+        };
+        match command {
+            Some(Command::Produce { batch, .. } | Command::PutHalf { batch, .. }) => Ok(batch),
+            _ => Err(StateError::Corrupt(format!("raft log position {pos:?} holds no batch"))),
         }
     })
 }
@@ -406,11 +414,14 @@ mod tests {
             &source,
             vec![
                 Command::CreateTopic { name: "t".into(), partitions: 1, created_ms: 0 },
-                Command::Produce { topic: "t".into(), partition: 0, batch: batch("one") },
-                Command::Produce { topic: "t".into(), partition: 0, batch: batch("two") },
-                half("three"),
+                // A merged entry: batches point at (entry, position).
+                Command::Batch(vec![
+                    Command::Produce { topic: "t".into(), partition: 0, batch: batch("one") },
+                    Command::Produce { topic: "t".into(), partition: 0, batch: batch("two") },
+                    half("three"),
+                ]),
                 Command::EndTransaction {
-                    txn_id: TxnId(4),
+                    txn_id: TxnId(1),
                     commit: true,
                     origin: DecisionOrigin::Producer,
                     decided_ms: 2,
@@ -419,6 +430,9 @@ mod tests {
                 half("four"),
             ],
         );
+        let source_shared = applier.shared();
+        let source_handle = source_shared.partition("t", PartitionIndex(0)).unwrap();
+        assert_eq!(source_shared.read(&source_handle, Offset(0), 1 << 20).unwrap().len(), 3);
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("raw");
         let out = dir.path().join("out");
@@ -449,7 +463,7 @@ mod tests {
             .collect();
         assert_eq!(values, vec![Bytes::from("one"), Bytes::from("two"), Bytes::from("three")]);
         // The pending half message travels inline too, and can still be committed.
-        let pending = shared.txn(TxnId(6)).unwrap().unwrap();
+        let pending = shared.txn(TxnId(2)).unwrap().unwrap();
         assert_eq!(pending.state, TxnState::Pending);
         assert!(matches!(pending.batch, MessageValue::Inline(_)));
         assert_eq!(shared.txn_batch(&pending).unwrap(), batch("four"));
@@ -468,7 +482,11 @@ mod tests {
 
     #[test]
     fn message_values_round_trip() {
-        for v in [MessageValue::InLog(42), MessageValue::Inline(Bytes::from_static(b"abc"))] {
+        for v in [
+            MessageValue::InLog(LogPos::entry(42)),
+            MessageValue::InLog(LogPos { index: 42, position: Some(7) }),
+            MessageValue::Inline(Bytes::from_static(b"abc")),
+        ] {
             assert_eq!(MessageValue::decode(v.encode()).unwrap(), v);
         }
         assert!(MessageValue::decode(Bytes::from_static(b"\x07")).is_err());

@@ -13,6 +13,8 @@
 //!                  | next_check_ms:u64)*
 //!   7 ParkTxns     parked_ms:u64 | count:u32 | (txn_id:u64 | expected_due_ms:u64)*
 //!   8 PurgeTxns    count:u32 | (txn_id:u64 | due_ms:u64)*
+//!   9 Batch        count:u32 | (len:u32 | command)*     commands merged by the leader into
+//!                                                       one entry; never nested
 //! ```
 //!
 //! Times inside commands are stamped by the leader: the state machine reads no clock.
@@ -29,6 +31,10 @@ const TAG_END_TXN: u8 = 5;
 const TAG_RECORD_CHECKS: u8 = 6;
 const TAG_PARK_TXNS: u8 = 7;
 const TAG_PURGE_TXNS: u8 = 8;
+const TAG_BATCH: u8 = 9;
+
+/// Most commands one merged entry may hold (a bound for decoding, too).
+pub const BATCH_COMMANDS_MAX: usize = 4096;
 
 /// One check-back the leader made (or tried to make) for a pending transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +130,9 @@ pub enum Command {
         /// The transactions with their purge timer's due time.
         txns: Vec<TxnDue>,
     },
+    /// Several commands the leader merged into one entry (one log append and fsync for all),
+    /// applied in order; each gets its own response.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -181,6 +190,19 @@ impl Command {
                 buf.put_u8(TAG_PURGE_TXNS);
                 wire::put_array(buf, txns, put_txn_due);
             }
+            Command::Batch(commands) => {
+                buf.put_u8(TAG_BATCH);
+                buf.put_u32(wire::len_u32(commands.len()));
+                for c in commands {
+                    // Length placeholder, patched once the command is written: no second copy
+                    // of the batches inside.
+                    let at = buf.len();
+                    buf.put_u32(0);
+                    c.encode(buf);
+                    let len = wire::len_u32(buf.len() - at - 4);
+                    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+            }
         }
     }
 
@@ -235,6 +257,32 @@ impl Command {
                 parked_ms: wire::get_u64(buf, "park.parked_ms")?,
                 txns: wire::get_array(buf, "park.txns", 16, get_txn_due)?,
             },
+            TAG_BATCH => {
+                let commands = wire::get_array(buf, "batch", 5, |b| {
+                    let mut one = wire::get_bytes(b, "batch.command")?;
+                    if one.first() == Some(&TAG_BATCH) {
+                        return Err(DecodeError::Invalid {
+                            what: "batch.command",
+                            detail: "nested batch".into(),
+                        });
+                    }
+                    let c = Command::decode(&mut one)?;
+                    if !one.is_empty() {
+                        return Err(DecodeError::Invalid {
+                            what: "batch.command",
+                            detail: format!("{} trailing bytes", one.len()),
+                        });
+                    }
+                    Ok(c)
+                })?;
+                if commands.len() > BATCH_COMMANDS_MAX {
+                    return Err(DecodeError::Invalid {
+                        what: "batch",
+                        detail: format!("{} commands", commands.len()),
+                    });
+                }
+                Command::Batch(commands)
+            }
             TAG_PURGE_TXNS => Command::PurgeTransactions {
                 txns: wire::get_array(buf, "purge.txns", 16, get_txn_due)?,
             },
@@ -259,6 +307,9 @@ impl Command {
             Command::RecordChecks { checks } => 8 + 25 * checks.len(),
             Command::ParkTransactions { txns, .. } | Command::PurgeTransactions { txns } => {
                 16 + 16 * txns.len()
+            }
+            Command::Batch(commands) => {
+                8 + commands.iter().map(|c| 4 + c.encoded_len_hint()).sum::<usize>()
             }
         }
     }
@@ -313,6 +364,8 @@ pub enum CommandResponse {
         /// Its state.
         state: TxnState,
     },
+    /// One response per command of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResponse>),
     /// The command was valid Raft-wise but refused by the state machine (e.g. unknown topic).
     /// Deterministic: every replica refuses it the same way.
     Rejected {
@@ -361,6 +414,14 @@ mod tests {
                 txns: vec![TxnDue { txn_id: TxnId(1), due_ms: 2 }],
             },
             Command::PurgeTransactions { txns: vec![TxnDue { txn_id: TxnId(8), due_ms: 7 }] },
+            Command::Batch(vec![
+                Command::DeleteTopic { name: "a".into() },
+                Command::Produce {
+                    topic: "a".into(),
+                    partition: 0,
+                    batch: Bytes::from_static(b"z"),
+                },
+            ]),
         ] {
             let mut buf = BytesMut::new();
             c.encode(&mut buf);
@@ -368,5 +429,13 @@ mod tests {
             assert_eq!(Command::decode(&mut bytes).unwrap(), c);
             assert!(bytes.is_empty());
         }
+    }
+
+    #[test]
+    fn nested_batches_are_refused() {
+        let inner = Command::Batch(vec![Command::DeleteTopic { name: "a".into() }]);
+        let mut buf = BytesMut::new();
+        Command::Batch(vec![inner]).encode(&mut buf);
+        assert!(Command::decode(&mut buf.freeze()).is_err());
     }
 }

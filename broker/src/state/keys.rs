@@ -17,6 +17,11 @@ pub const MEMBERSHIP: [u8; 1] = [0x02];
 /// ```
 pub const NEXT_PARTITION_ID: [u8; 1] = [0x03];
 
+/// ```text
+/// state CF: [0x04]                → next transaction id: u64be
+/// ```
+pub const NEXT_TXN_ID: [u8; 1] = [0x04];
+
 const GROUP_TXN_PREFIX: u8 = 0x12;
 
 const TOPIC_PREFIX: u8 = 0x10;

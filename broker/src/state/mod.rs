@@ -93,15 +93,35 @@ impl PartitionRecord {
     }
 }
 
-/// Reads the record batch carried by the Raft log entry at an index. Supplied by the replication
-/// module, which owns the entry format.
-pub type BatchResolver = Arc<dyn Fn(u64) -> Result<Bytes, StateError> + Send + Sync>;
+/// Where a command sits in the Raft log: its entry's index and, when the leader merged several
+/// commands into that entry ([`Command::Batch`]), its position among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogPos {
+    /// The entry's log index.
+    pub index: u64,
+    /// Position inside a merged entry; `None` for an entry holding one command.
+    pub position: Option<u32>,
+}
+
+impl LogPos {
+    /// The command that is the whole entry at `index`.
+    pub fn entry(index: u64) -> LogPos {
+        LogPos { index, position: None }
+    }
+}
+
+/// Reads the record batch carried by the command at a log position. Supplied by the
+/// replication module, which owns the entry format.
+pub type BatchResolver = Arc<dyn Fn(LogPos) -> Result<Bytes, StateError> + Send + Sync>;
 
 /// The value stored for one batch in the messages family.
 ///
 /// ```text
 /// message value := 0x01 | log_index:u64be     the batch is in the Raft log entry at log_index
 ///                | 0x02 | batch bytes         the batch itself (written by snapshot import)
+///                | 0x03 | log_index:u64be | position:u32be
+///                                             the batch is command `position` of the merged
+///                                             entry at log_index
 /// ```
 ///
 /// Why a pointer: the batch bytes are already durable in the Raft log, whose keys are
@@ -112,23 +132,31 @@ pub type BatchResolver = Arc<dyn Fn(u64) -> Result<Bytes, StateError> + Send + S
 /// while a pointer refers to it; snapshots carry the bytes inline instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageValue {
-    /// In the Raft log at this index.
-    InLog(u64),
+    /// In the Raft log at this position.
+    InLog(LogPos),
     /// The batch bytes themselves.
     Inline(Bytes),
 }
 
 const MESSAGE_IN_LOG: u8 = 0x01;
 const MESSAGE_INLINE: u8 = 0x02;
+const MESSAGE_IN_LOG_AT: u8 = 0x03;
 
 impl MessageValue {
     /// Encodes the value.
     pub fn encode(&self) -> Bytes {
         match self {
-            MessageValue::InLog(index) => {
+            MessageValue::InLog(LogPos { index, position: None }) => {
                 let mut buf = BytesMut::with_capacity(9);
                 buf.put_u8(MESSAGE_IN_LOG);
                 buf.put_u64(*index);
+                buf.freeze()
+            }
+            MessageValue::InLog(LogPos { index, position: Some(position) }) => {
+                let mut buf = BytesMut::with_capacity(13);
+                buf.put_u8(MESSAGE_IN_LOG_AT);
+                buf.put_u64(*index);
+                buf.put_u32(*position);
                 buf.freeze()
             }
             MessageValue::Inline(batch) => {
@@ -145,7 +173,12 @@ impl MessageValue {
         match wire::get_u8(&mut value, "message.tag")? {
             MESSAGE_IN_LOG => {
                 let index = wire::get_u64(&mut value, "message.log_index")?;
-                Ok(MessageValue::InLog(index))
+                Ok(MessageValue::InLog(LogPos::entry(index)))
+            }
+            MESSAGE_IN_LOG_AT => {
+                let index = wire::get_u64(&mut value, "message.log_index")?;
+                let position = wire::get_u32(&mut value, "message.position")?;
+                Ok(MessageValue::InLog(LogPos { index, position: Some(position) }))
             }
             MESSAGE_INLINE => Ok(MessageValue::Inline(value)),
             other => Err(ferry_protocol::DecodeError::Invalid {
@@ -185,13 +218,18 @@ pub struct Meta {
     topics: BTreeMap<String, TopicRecord>,
     partitions: HashMap<u32, PartitionRecord>,
     next_partition_id: u32,
+    /// Id the next half message gets (ids start at 1).
+    next_txn_id: u64,
     groups: BTreeMap<String, GroupCounts>,
 }
 
 impl Meta {
     /// Loads the metadata from the store.
     pub fn load(store: &dyn StateStore) -> Result<Meta, StateError> {
-        let mut meta = Meta::default();
+        let mut meta = Meta { next_txn_id: 1, ..Meta::default() };
+        if let Some(mut v) = store.get(Cf::State, &keys::NEXT_TXN_ID)? {
+            meta.next_txn_id = wire::get_u64(&mut v, "next_txn_id").map_err(corrupt)?;
+        }
         if let Some(v) = store.get(Cf::State, &keys::NEXT_PARTITION_ID)? {
             let mut v = v;
             meta.next_partition_id = wire::get_u32(&mut v, "next_partition_id").map_err(corrupt)?;
@@ -304,12 +342,39 @@ impl Applier {
         changes: &mut Changes,
     ) -> CommandResponse {
         match command {
+            Command::Batch(commands) => {
+                let responses = commands
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(c, i)| {
+                        let pos = LogPos { index: log_index, position: Some(i) };
+                        self.apply_one(pos, c, batch, changes)
+                    })
+                    .collect();
+                CommandResponse::Batch(responses)
+            }
+            other => self.apply_one(LogPos::entry(log_index), other, batch, changes),
+        }
+    }
+
+    /// Applies one command found at `pos`.
+    fn apply_one(
+        &mut self,
+        pos: LogPos,
+        command: &Command,
+        batch: &mut WriteBatch,
+        changes: &mut Changes,
+    ) -> CommandResponse {
+        match command {
+            Command::Batch(_) => {
+                rejected(ErrorCode::Malformed, "a merged entry may not hold another".into())
+            }
             Command::CreateTopic { name, partitions, created_ms } => {
                 self.create_topic(name, *partitions, *created_ms, batch, changes)
             }
             Command::DeleteTopic { name } => self.delete_topic(name, batch, changes),
             Command::Produce { topic, partition, batch: bytes } => {
-                self.produce(log_index, topic, *partition, bytes, batch, changes)
+                self.produce(pos, topic, *partition, bytes, batch, changes)
             }
             Command::PutHalf {
                 group,
@@ -319,7 +384,7 @@ impl Applier {
                 created_ms,
                 batch: b,
             } => self.put_half(
-                log_index,
+                pos,
                 group,
                 topic,
                 *partition,
@@ -440,7 +505,7 @@ impl Applier {
 
     fn produce(
         &mut self,
-        log_index: u64,
+        pos: LogPos,
         topic: &str,
         partition: u32,
         bytes: &Bytes,
@@ -457,7 +522,7 @@ impl Applier {
             Ok(b) if b.count() > 0 => b.count(),
             _ => return rejected(ErrorCode::CorruptBatch, "batch header unreadable".into()),
         };
-        match self.append(id, MessageValue::InLog(log_index), count, batch, changes) {
+        match self.append(id, MessageValue::InLog(pos), count, batch, changes) {
             Some(base) => CommandResponse::Produced { base_offset: Offset(base), count },
             None => rejected(ErrorCode::UnknownPartition, format!("partition id {id} missing")),
         }
@@ -546,7 +611,7 @@ impl SharedState {
     pub fn resolve(&self, value: Bytes) -> Result<Bytes, StateError> {
         match MessageValue::decode(value).map_err(corrupt)? {
             MessageValue::Inline(batch) => Ok(batch),
-            MessageValue::InLog(index) => (self.resolver)(index),
+            MessageValue::InLog(pos) => (self.resolver)(pos),
         }
     }
 

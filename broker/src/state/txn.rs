@@ -17,7 +17,7 @@ use ferry_storage::{Cf, WriteBatch};
 
 use super::command::{CheckRecord, CommandResponse, TxnDue};
 use super::keys::{self, Timer, TimerKind};
-use super::{corrupt, rejected, Applier, Changes, MessageValue, SharedState, StateError};
+use super::{corrupt, rejected, Applier, Changes, LogPos, MessageValue, SharedState, StateError};
 
 /// Most transactions one list request returns.
 pub const LIST_LIMIT_MAX: u32 = 1000;
@@ -236,11 +236,11 @@ impl Applier {
         rejected(ErrorCode::Internal, e.to_string())
     }
 
-    /// Stores a half message whose transaction id is `log_index`.
+    /// Stores a half message (its batch is the command at `pos`) under the next transaction id.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn put_half(
         &mut self,
-        log_index: u64,
+        pos: LogPos,
         group: &str,
         topic: &str,
         partition: u32,
@@ -282,8 +282,18 @@ impl Applier {
                     Err(e) => Self::fail(e),
                 };
             }
-            batch.put(Cf::Txn, dedup.to_vec(), log_index.to_be_bytes().to_vec());
-            self.dedup_overlay.insert((producer_id, sequence), log_index);
+        }
+        let txn_id = self.meta.next_txn_id;
+        self.meta.next_txn_id = txn_id.saturating_add(1);
+        batch.put(
+            Cf::State,
+            keys::NEXT_TXN_ID.to_vec(),
+            self.meta.next_txn_id.to_be_bytes().to_vec(),
+        );
+        if producer_id != 0 {
+            let dedup = keys::txn_dedup_key(producer_id, sequence);
+            batch.put(Cf::Txn, dedup.to_vec(), txn_id.to_be_bytes().to_vec());
+            self.dedup_overlay.insert((producer_id, sequence), txn_id);
         }
         let record = TxnRecord {
             state: TxnState::Pending,
@@ -301,14 +311,14 @@ impl Applier {
             producer_id,
             sequence,
             count,
-            batch: MessageValue::InLog(log_index),
+            batch: MessageValue::InLog(pos),
         };
-        put_timer(record.check_timer(log_index), batch, changes);
-        batch.put(Cf::Txn, keys::txn_open_key(log_index).to_vec(), Bytes::new());
-        self.save_txn(log_index, record, batch);
+        put_timer(record.check_timer(txn_id), batch, changes);
+        batch.put(Cf::Txn, keys::txn_open_key(txn_id).to_vec(), Bytes::new());
+        self.save_txn(txn_id, record, batch);
         let counts = self.group_counts(group, changes, |c| c.pending += 1);
         self.put_group_counts(group, counts, batch);
-        CommandResponse::HalfStored { txn_id: TxnId(log_index), created_ms }
+        CommandResponse::HalfStored { txn_id: TxnId(txn_id), created_ms }
     }
 
     /// Commits or rolls back a transaction. A decided transaction never changes: the same
@@ -508,7 +518,7 @@ impl SharedState {
     pub fn txn_batch(&self, record: &TxnRecord) -> Result<Bytes, StateError> {
         match &record.batch {
             MessageValue::Inline(b) => Ok(b.clone()),
-            MessageValue::InLog(index) => (self.resolver)(*index),
+            MessageValue::InLog(pos) => (self.resolver)(*pos),
         }
     }
 
@@ -702,13 +712,13 @@ mod tests {
             let store = MemStore::new();
             let log: Arc<Mutex<HashMap<u64, Bytes>>> = Arc::default();
             let reader = log.clone();
-            let resolver: BatchResolver = Arc::new(move |i| {
+            let resolver: BatchResolver = Arc::new(move |pos: LogPos| {
                 reader
                     .lock()
                     .unwrap()
-                    .get(&i)
+                    .get(&pos.index)
                     .cloned()
-                    .ok_or_else(|| StateError::Corrupt(format!("no entry {i}")))
+                    .ok_or_else(|| StateError::Corrupt(format!("no entry {pos:?}")))
             });
             let applier = Applier::open(Arc::new(store.clone()), resolver).unwrap();
             let mut rig = Rig { store, applier, log, next_index: 1 };
@@ -802,8 +812,8 @@ mod tests {
     #[test]
     fn decisions_in_the_same_apply_call_see_the_half_message() {
         let mut rig = Rig::new();
-        let out = rig.apply(vec![half(1, "a"), end(TxnId(2), true), end(TxnId(2), false)]);
-        assert_eq!(out[0], CommandResponse::HalfStored { txn_id: TxnId(2), created_ms: 10_000 });
+        let out = rig.apply(vec![half(1, "a"), end(TxnId(1), true), end(TxnId(1), false)]);
+        assert_eq!(out[0], CommandResponse::HalfStored { txn_id: TxnId(1), created_ms: 10_000 });
         assert!(matches!(out[1], CommandResponse::TxnEnded { repeated: false, .. }));
         assert_eq!(out[2], CommandResponse::TxnAlreadyResolved { state: TxnState::Committed });
         assert_eq!(rig.visible().len(), 1);
@@ -957,7 +967,7 @@ mod tests {
             producer_id: 8,
             sequence: 9,
             count: 10,
-            batch: MessageValue::InLog(11),
+            batch: MessageValue::InLog(LogPos { index: 11, position: Some(2) }),
         };
         assert_eq!(TxnRecord::decode(r.encode()).unwrap(), r);
         assert!(TxnRecord::decode(Bytes::from_static(b"\x02")).is_err());
