@@ -115,6 +115,7 @@ async fn merge_loop(
             bytes += next.bytes;
             group.push(next);
         }
+        tracing::trace!(commands = group.len(), bytes, "proposing entry");
         writes.spawn(write(raft.clone(), node_id, group, slot));
     }
 }
