@@ -375,3 +375,34 @@ async fn leader_killed_with_a_thousand_open_transactions_all_resolve_by_check_ba
     }
     producer.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_checks_roll_back_when_configured_to() {
+    let config = format!("{FAST_CHECKS}txn_check_exhausted = \"rollback\"\n");
+    let cluster = Cluster::start_with(1, &config).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "audit", 1).await;
+    let checker = ByPrefix::default();
+    let producer = TransactionalProducer::connect(txn_config(&bootstrap, "g5"), checker.checker())
+        .await
+        .unwrap();
+    let t = producer.send_half("audit", Message::new("unknown-x")).await.unwrap();
+    let id = t.id();
+    drop(t);
+    let client = admin(&bootstrap);
+    let info = wait_for("the unanswered transaction to be rolled back", || async {
+        let info = txn(&client, id).await;
+        (info.state == TxnState::RolledBack).then_some(info)
+    })
+    .await;
+    assert_eq!(info.origin, Some(DecisionOrigin::ChecksExhausted));
+    assert_eq!(info.check_count, 3);
+    // Rolled back by the broker: a late commit from the producer is refused.
+    let late = producer.end_transaction(id, Decision::Commit, DecisionOrigin::Producer).await;
+    assert!(matches!(
+        late,
+        Err(ProducerError::TransactionAlreadyResolved { state: TxnState::RolledBack, .. })
+    ));
+    assert!(read_all(&bootstrap, "audit", 1).await.is_empty());
+    producer.close().await.unwrap();
+}
