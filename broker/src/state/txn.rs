@@ -949,6 +949,134 @@ mod tests {
         assert_eq!(due.iter().map(|t| t.due_ms).collect::<Vec<_>>(), vec![51_000]);
     }
 
+    /// Random apply calls of half sends (sequences repeat, so some are resends), decisions of
+    /// both kinds, check records and parking: a transaction's first decision is final, the
+    /// message of every committed transaction is visible exactly once and no other is, and the
+    /// group counts agree.
+    #[test]
+    fn random_sequences_keep_decisions_final_and_visibility_exact() {
+        // (resends, repeats, conflicts, parks) seen over all seeds: each path must be exercised.
+        let mut seen = [0usize; 4];
+        for seed in 0..40u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut rig = Rig::new();
+            let mut by_seq: HashMap<u32, TxnId> = HashMap::new();
+            let mut value_of: HashMap<TxnId, Bytes> = HashMap::new();
+            let mut first: HashMap<TxnId, TxnState> = HashMap::new();
+            let mut parked: std::collections::HashSet<TxnId> = Default::default();
+            for _ in 0..150 {
+                let ids: Vec<TxnId> = value_of.keys().copied().collect();
+                let mut cmds = Vec::new();
+                for _ in 0..rng.usize(1..6) {
+                    let pick = |rng: &mut fastrand::Rng| ids[rng.usize(0..ids.len())];
+                    match rng.u8(0..5) {
+                        0 | 1 => {
+                            let seq = rng.u32(0..60);
+                            cmds.push(half(seq, &format!("v{seq}")));
+                        }
+                        2 | 3 if !ids.is_empty() => cmds.push(end(pick(&mut rng), rng.bool())),
+                        _ if !ids.is_empty() => {
+                            // Park whatever is due at its recorded check time.
+                            let id = pick(&mut rng);
+                            if let Some(r) = rig.applier.shared().txn(id).unwrap() {
+                                cmds.push(Command::ParkTransactions {
+                                    parked_ms: 1,
+                                    txns: vec![TxnDue { txn_id: id, due_ms: r.next_check_ms }],
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let out = rig.apply(cmds.clone());
+                for (cmd, resp) in cmds.iter().zip(out) {
+                    match (cmd, resp) {
+                        (
+                            Command::PutHalf { batch, .. },
+                            CommandResponse::HalfStored { txn_id, .. },
+                        ) => {
+                            let seq = RecordBatch::parse(batch.clone()).unwrap().base_sequence();
+                            seen[0] += usize::from(by_seq.contains_key(&seq));
+                            let known = *by_seq.entry(seq).or_insert(txn_id);
+                            assert_eq!(known, txn_id, "a resent batch must map to its transaction");
+                            let value = RecordBatch::parse(batch.clone())
+                                .unwrap()
+                                .records()
+                                .next()
+                                .unwrap()
+                                .unwrap()
+                                .value;
+                            value_of.insert(txn_id, value);
+                        }
+                        (Command::EndTransaction { txn_id, commit, .. }, resp) => {
+                            let wanted =
+                                if *commit { TxnState::Committed } else { TxnState::RolledBack };
+                            match (first.get(txn_id).copied(), resp) {
+                                (
+                                    None,
+                                    CommandResponse::TxnEnded { state, repeated: false, .. },
+                                ) => {
+                                    assert_eq!(state, wanted);
+                                    first.insert(*txn_id, state);
+                                }
+                                (
+                                    Some(s),
+                                    CommandResponse::TxnEnded { state, repeated: true, .. },
+                                ) => {
+                                    seen[1] += 1;
+                                    assert_eq!((s, state), (wanted, wanted));
+                                }
+                                (Some(s), CommandResponse::TxnAlreadyResolved { state }) => {
+                                    seen[2] += 1;
+                                    assert_eq!(s, state);
+                                    assert_ne!(s, wanted);
+                                }
+                                (f, other) => {
+                                    panic!("seed {seed}: {txn_id} first {f:?}, got {other:?}")
+                                }
+                            }
+                        }
+                        (Command::ParkTransactions { txns, .. }, CommandResponse::Done) => {
+                            for t in txns {
+                                if !first.contains_key(&t.txn_id) {
+                                    parked.insert(t.txn_id);
+                                }
+                            }
+                        }
+                        (c, r) => panic!("seed {seed}: {c:?} answered {r:?}"),
+                    }
+                }
+            }
+            // Exactly the committed transactions' messages are visible, each once.
+            let mut visible: Vec<Bytes> = rig
+                .visible()
+                .into_iter()
+                .map(|b| RecordBatch::parse(b).unwrap().records().next().unwrap().unwrap().value)
+                .collect();
+            visible.sort();
+            let mut committed: Vec<Bytes> = first
+                .iter()
+                .filter(|(_, s)| **s == TxnState::Committed)
+                .map(|(id, _)| value_of[id].clone())
+                .collect();
+            committed.sort();
+            assert_eq!(visible, committed, "seed {seed}");
+            let c = rig.counts();
+            let open = value_of.len() as u64 - first.len() as u64;
+            assert_eq!(c.pending + c.parked, open, "seed {seed}");
+            seen[3] += parked.len();
+            let still_parked = parked.iter().filter(|id| !first.contains_key(id)).count();
+            assert_eq!(c.parked, still_parked as u64, "seed {seed}");
+            let rolled = first.values().filter(|s| **s == TxnState::RolledBack).count() as u64;
+            assert_eq!(
+                (c.committed, c.rolled_back),
+                (committed.len() as u64, rolled),
+                "seed {seed}"
+            );
+        }
+        assert!(seen.iter().all(|n| *n > 0), "paths exercised: {seen:?}");
+    }
+
     #[test]
     fn records_round_trip() {
         let r = TxnRecord {
