@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::payload::{Clock, PayloadFactory};
 use crate::report::LatencyHistogram;
-use crate::workload::{share_of, Pacer, Stop};
+use crate::workload::{await_turn, deadline_of, share_of, Pacer, Stop};
 
 /// Failed transactions after which the run starts no more.
 pub const TXN_ERRORS_MAX: u64 = 100;
@@ -309,25 +309,11 @@ impl Phase {
         let stats = Arc::new(Mutex::new(TxnOutcome::default()));
         let ended = Arc::new(AtomicU64::new(0));
         let tracker = TaskTracker::new();
-        let deadline = match self.stop {
-            Stop::Duration(d) => Some(Instant::now() + d),
-            Stop::Count(_) => None,
-        };
+        let deadline = deadline_of(self.stop);
         let mut started: u64 = 0;
         loop {
-            if let Stop::Count(n) = self.stop {
-                if started >= n {
-                    break;
-                }
-            }
-            if let Some(pacer) = &self.pacer {
-                let due = pacer.due(started);
-                if deadline.is_some_and(|d| due >= d) {
-                    break;
-                }
-                if due > Instant::now() {
-                    tokio::time::sleep_until(due.into()).await;
-                }
+            if !await_turn(self.stop, self.pacer.as_ref(), deadline, started).await {
+                break;
             }
             let permit = window.clone().acquire_owned().await?;
             if deadline.is_some_and(|d| Instant::now() >= d) || ctx.halt.is_halted() {

@@ -98,6 +98,40 @@ impl Pacer {
     }
 }
 
+/// When a run of `stop` begun now must end (`None` for a count).
+pub fn deadline_of(stop: Stop) -> Option<Instant> {
+    match stop {
+        Stop::Duration(d) => Some(Instant::now() + d),
+        Stop::Count(_) => None,
+    }
+}
+
+/// Waits until send number `n` (0-based) may start: the count is not reached and, with a
+/// pacer, its due time has come. False when the run must stop instead (count reached, or the
+/// next due time falls after the deadline).
+pub async fn await_turn(
+    stop: Stop,
+    pacer: Option<&Pacer>,
+    deadline: Option<Instant>,
+    n: u64,
+) -> bool {
+    if let Stop::Count(limit) = stop {
+        if n >= limit {
+            return false;
+        }
+    }
+    if let Some(pacer) = pacer {
+        let due = pacer.due(n);
+        if deadline.is_some_and(|d| due >= d) {
+            return false;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    true
+}
+
 /// What the produce side of a run measured.
 #[derive(Debug, Default)]
 pub struct ProduceOutcome {
@@ -254,26 +288,12 @@ impl Pump {
         let window = Arc::new(Semaphore::new(slot.in_flight_max));
         let (to_collector, from_sender) = mpsc::channel(slot.in_flight_max);
         let collector = tokio::spawn(collect_acks(from_sender, self.record));
-        let deadline = match self.stop {
-            Stop::Duration(d) => Some(Instant::now() + d),
-            Stop::Count(_) => None,
-        };
+        let deadline = deadline_of(self.stop);
         let mut sent: u64 = 0;
         let mut failure = None;
         loop {
-            if let Stop::Count(n) = self.stop {
-                if sent >= n {
-                    break;
-                }
-            }
-            if let Some(pacer) = &self.pacer {
-                let due = pacer.due(sent);
-                if deadline.is_some_and(|d| due >= d) {
-                    break;
-                }
-                if due > Instant::now() {
-                    tokio::time::sleep_until(due.into()).await;
-                }
+            if !await_turn(self.stop, self.pacer.as_ref(), deadline, sent).await {
+                break;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;

@@ -171,8 +171,9 @@ pub async fn dispatch(
     }
 }
 
-async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
-    let len = req.batch.len();
+/// Checks a record batch a client sent: within `produce_batch_bytes_max`, whole, CRC intact.
+pub(crate) fn checked_batch(ctx: &Context, bytes: Bytes) -> Result<RecordBatch, ReplicaError> {
+    let len = bytes.len();
     if len > ctx.config.produce_batch_bytes_max {
         return Err(err(
             ErrorCode::InvalidArgument,
@@ -182,8 +183,12 @@ async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
             ),
         ));
     }
-    let batch =
-        RecordBatch::parse(req.batch).map_err(|e| err(ErrorCode::CorruptBatch, e.to_string()))?;
+    RecordBatch::parse(bytes).map_err(|e| err(ErrorCode::CorruptBatch, e.to_string()))
+}
+
+async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
+    let len = req.batch.len();
+    let batch = checked_batch(ctx, req.batch)?;
     let replica = ctx.replica.group_for(req.partition.0);
     let resp = replica
         .propose(Command::Produce {

@@ -4,11 +4,9 @@
 
 use bytes::Bytes;
 use ferry_protocol::txn::*;
-use ferry_protocol::{
-    Decision, DecisionOrigin, Encode, ErrorCode, Offset, PartitionIndex, RecordBatch, TxnId,
-};
+use ferry_protocol::{Decision, DecisionOrigin, Encode, ErrorCode, Offset, PartitionIndex, TxnId};
 
-use super::{err, rejected_or, Context, HandlerResult, PRODUCER_GROUP_BYTES_MAX};
+use super::{checked_batch, err, rejected_or, Context, HandlerResult, PRODUCER_GROUP_BYTES_MAX};
 use crate::replication::ReplicaError;
 use crate::state::command::{Command, CommandResponse};
 use crate::state::txn::TxnRecord;
@@ -25,18 +23,7 @@ pub(super) async fn send_half(ctx: &Context, req: SendHalfRequest) -> HandlerRes
             format!("producer group must be 1..={PRODUCER_GROUP_BYTES_MAX} bytes"),
         ));
     }
-    let len = req.batch.len();
-    if len > ctx.config.produce_batch_bytes_max {
-        return Err(err(
-            ErrorCode::InvalidArgument,
-            format!(
-                "batch of {len} bytes exceeds produce_batch_bytes_max {}",
-                ctx.config.produce_batch_bytes_max
-            ),
-        ));
-    }
-    let batch =
-        RecordBatch::parse(req.batch).map_err(|e| err(ErrorCode::CorruptBatch, e.to_string()))?;
+    let batch = checked_batch(ctx, req.batch)?;
     let check_timeout_ms = match req.check_timeout_ms {
         0 => u32::try_from(ms(ctx.config.txn_check_timeout)).unwrap_or(u32::MAX),
         custom => custom,
