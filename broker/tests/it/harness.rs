@@ -26,10 +26,32 @@ pub fn batch_of(values: &[&str]) -> bytes::Bytes {
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT_MAX: Duration = Duration::from_secs(60);
 
-/// Picks a free loopback port (bind to 0, read it, release it).
+/// Picks a loopback port for a broker to listen on.
+///
+/// Ports come from a per-process counter below the kernel's ephemeral range (32768 and up on
+/// Linux), each checked bindable: a port taken from the ephemeral range by binding port 0 and
+/// releasing it can be handed out again as the source port of some outgoing connection before
+/// the broker binds it, and the broker then fails to start.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test binaries running side by side start far apart.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(LOW + n % SPAN).expect("port in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// Polls `check` every 50 ms until it returns Some, or panics with `what` after `WAIT_MAX`.
