@@ -78,6 +78,7 @@ pub struct FileConfig {
     txn_check_max: Option<u32>,
     txn_check_exhausted: Option<String>,
     txn_retention_ms: Option<u64>,
+    delay_max_ms: Option<u64>,
 }
 
 /// What happens to a transaction whose last check-back went unanswered.
@@ -142,6 +143,8 @@ pub struct Config {
     pub txn_check_exhausted: CheckExhausted,
     /// How long a decided transaction is remembered (for idempotent decisions and listing).
     pub txn_retention: Duration,
+    /// Furthest in the future a produce may set its deliver time (leader clock).
+    pub delay_max: Duration,
 }
 
 impl Default for Config {
@@ -167,9 +170,17 @@ impl Default for Config {
             txn_check_max: 15,
             txn_check_exhausted: CheckExhausted::Park,
             txn_retention: Duration::from_secs(24 * 3600),
+            delay_max: DELAY_MAX_DEFAULT,
         }
     }
 }
+
+/// Default of `delay_max_ms`: 40 days.
+pub const DELAY_MAX_DEFAULT: Duration = Duration::from_secs(40 * 24 * 3600);
+
+/// Largest `delay_max_ms` accepted: 10 years. Beyond it the value is more likely a unit slip
+/// (micro- for milliseconds) than a plan.
+pub const DELAY_MAX_LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_peers(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -279,6 +290,9 @@ impl Config {
         if let Some(v) = file.txn_retention_ms {
             c.txn_retention = Duration::from_millis(v);
         }
+        if let Some(v) = file.delay_max_ms {
+            c.delay_max = Duration::from_millis(v);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -321,6 +335,9 @@ impl Config {
         }
         if self.txn_retention.is_zero() {
             bail!("txn_retention_ms must be > 0");
+        }
+        if self.delay_max.is_zero() || self.delay_max > DELAY_MAX_LIMIT {
+            bail!("delay_max_ms must be 1..={}", DELAY_MAX_LIMIT.as_millis());
         }
         Ok(())
     }
@@ -373,6 +390,21 @@ mod tests {
         assert_eq!(c.txn_check_max, d.txn_check_max);
         assert_eq!(c.txn_check_exhausted, d.txn_check_exhausted);
         assert_eq!(c.txn_retention, d.txn_retention);
+        assert_eq!(c.delay_max, d.delay_max);
+    }
+
+    #[test]
+    fn delay_max_parses_and_rejects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::from_args(Args { config: Some(path.clone()), ..Args::default() })
+        };
+        assert_eq!(Config::default().delay_max, Duration::from_millis(3_456_000_000));
+        assert_eq!(load("delay_max_ms = 60000\n").unwrap().delay_max, Duration::from_secs(60));
+        assert!(load("delay_max_ms = 0\n").is_err());
+        assert!(load("delay_max_ms = 315360000001\n").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod group;
 pub mod handlers;
 pub mod metrics;
 pub mod replication;
@@ -90,8 +91,10 @@ impl Broker {
             advertised,
             shutdown: shutdown.clone(),
             producers: Arc::default(),
+            groups: Arc::default(),
         });
         tasks.spawn(txn::run_coordinator(ctx.clone(), shutdown.clone()));
+        tasks.spawn(group::run_group_monitor(ctx.clone(), shutdown.clone()));
         tasks.spawn(server::serve(listener, ctx, shutdown.clone()));
         if let Some(l) = admin {
             tasks.spawn(admin::serve(l, replica.clone(), metrics.clone(), shutdown.clone()));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ferry_protocol::ApiKey;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::replication::RaftNumbers;
@@ -36,6 +36,74 @@ pub struct Metrics {
     pub raft_leader_changes: IntCounter,
     /// Transaction metrics.
     pub txn: TxnMetrics,
+    /// Delayed-message metrics.
+    pub delayed: DelayedMetrics,
+    /// Consumer-group metrics.
+    pub groups: GroupMetrics,
+}
+
+/// Consumer-group metrics. Labelled by group name: set by the leader's group monitor about
+/// twice a second and by produce into retry and dead-letter topics, never per message.
+pub struct GroupMetrics {
+    lag: IntGaugeVec,
+    members: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    redeliveries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+}
+
+impl GroupMetrics {
+    /// Live members and their unsettled deliveries.
+    pub fn set_live(&self, group: &str, members: u32, in_flight: u64) {
+        self.members.with_label_values(&[group]).set(i64::from(members));
+        self.in_flight
+            .with_label_values(&[group])
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    }
+
+    /// Messages of `topic` the group has not processed.
+    pub fn set_lag(&self, group: &str, topic: &str, lag: u64) {
+        self.lag.with_label_values(&[group, topic]).set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the series in `before` that are not in `now` (`(group, "")` stands for the
+    /// member and in-flight series of a group, `(group, topic)` for a lag series).
+    pub fn forget(
+        &self,
+        before: &mut std::collections::BTreeSet<(String, String)>,
+        now: &std::collections::BTreeSet<(String, String)>,
+    ) {
+        for (group, topic) in before.difference(now) {
+            if topic.is_empty() {
+                let _ = self.members.remove_label_values(&[group]);
+                let _ = self.in_flight.remove_label_values(&[group]);
+            } else {
+                let _ = self.lag.remove_label_values(&[group, topic]);
+            }
+        }
+        before.retain(|k| now.contains(k));
+    }
+
+    /// Counts records produced into a retry topic (redeliveries) or dead-letter topic.
+    pub fn count_produced(&self, topic: &str, records: u32) {
+        if let Some((group, _)) = ferry_protocol::group::parse_retry_topic(topic) {
+            self.redeliveries.with_label_values(&[group]).inc_by(u64::from(records));
+        } else if let Some(group) = ferry_protocol::group::parse_dead_letter_topic(topic) {
+            self.dead_lettered.with_label_values(&[group]).inc_by(u64::from(records));
+        }
+    }
+}
+
+/// Delayed-message metrics, handles resolved once.
+pub struct DelayedMetrics {
+    /// Delayed messages stored and not yet due (every node, from its applied state).
+    pub pending: IntGauge,
+    /// Delayed messages accepted by produce on this node (as leader).
+    pub scheduled: IntCounter,
+    /// Delayed messages appended to their partition by this node's deliveries (as leader).
+    pub delivered: IntCounter,
+    /// Delayed messages dropped when due because their topic had been deleted.
+    pub dropped: IntCounter,
 }
 
 /// Transaction metrics, handles resolved once.
@@ -150,8 +218,67 @@ impl Metrics {
             check_exhausted_rollback: checks.with_label_values(&["exhausted_rollback"]),
             decision_seconds,
         };
+        let delayed = DelayedMetrics {
+            pending: gauge(
+                "ferry_delayed_pending",
+                "Delayed messages stored, invisible, and not yet due.",
+            )?,
+            scheduled: counter(
+                "ferry_delayed_scheduled_total",
+                "Messages produced with a future deliver time (accepted by this node as leader).",
+            )?,
+            delivered: counter(
+                "ferry_delayed_delivered_total",
+                "Delayed messages appended to their partition once due (by this node as leader).",
+            )?,
+            dropped: counter(
+                "ferry_delayed_dropped_total",
+                "Delayed messages dropped when due because their topic had been deleted.",
+            )?,
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let groups = GroupMetrics {
+            lag: gauge_vec(
+                "ferry_group_lag",
+                "Messages a consumer group has not processed, by group and topic (retry topic \
+                 included under the topic it retries); leader only.",
+                &["group", "topic"],
+            )?,
+            members: gauge_vec(
+                "ferry_group_members",
+                "Live members of a consumer group; leader only.",
+                &["group"],
+            )?,
+            in_flight: gauge_vec(
+                "ferry_group_in_flight",
+                "Deliveries handed to a group's consumers and not yet settled, as reported in \
+                 their heartbeats; leader only.",
+                &["group"],
+            )?,
+            redeliveries: counter_vec(
+                "ferry_group_redeliveries_total",
+                "Messages scheduled for redelivery (nack or ack timeout), by group.",
+                &["group"],
+            )?,
+            dead_lettered: counter_vec(
+                "ferry_group_dead_lettered_total",
+                "Messages moved to a group's dead-letter topic, by group.",
+                &["group"],
+            )?,
+        };
         Ok(Metrics {
             txn,
+            delayed,
+            groups,
             messages_in: counter("ferry_messages_in_total", "Messages appended by produce.")?,
             bytes_in: counter("ferry_bytes_in_total", "Record-batch bytes appended by produce.")?,
             messages_out: counter("ferry_messages_out_total", "Messages served by fetch.")?,

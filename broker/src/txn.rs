@@ -7,6 +7,11 @@
 //! check-backs, and records through Raft what it did: check counts and next check times,
 //! parked transactions, purges. A new leader therefore resumes where the old one stopped; at
 //! worst a check made just before a failover is made once more.
+//!
+//! The same pass delivers due delayed messages (`state::delayed`): one `DeliverDelayed` per
+//! tick names them in timer order (due time, then id = production order). Delivery is
+//! idempotent in apply, so a new leader proposing again what its predecessor delivered
+//! appends nothing twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CheckExhausted;
 use crate::handlers::Context;
-use crate::state::command::{CheckRecord, Command, CommandResponse, TxnDue};
+use crate::state::command::{CheckRecord, Command, CommandResponse, DelayedDue, TxnDue};
 use crate::state::keys::{Timer, TimerKind};
 use crate::state::txn::TxnRecord;
 use crate::state::StateError;
@@ -117,8 +122,8 @@ pub fn backoff_after(schedule: &[Duration], checks_done: u32) -> Duration {
     schedule.get((checks_done as usize).min(last)).copied().unwrap_or(Duration::from_secs(60))
 }
 
-/// Runs until `shutdown`: on the leader, fires due check and purge timers every tick; on every
-/// node, keeps the transaction gauges fresh.
+/// Runs until `shutdown`: on the leader, fires due check, purge and delayed-delivery timers
+/// every tick; on every node, keeps the transaction and delayed-message gauges fresh.
 pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(COORDINATOR_TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,6 +139,10 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
         let (pending, parked) = state.txn_open_counts();
         ctx.metrics.txn.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
         ctx.metrics.txn.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
+        match state.delayed_pending() {
+            Ok(n) => ctx.metrics.delayed.pending.set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => tracing::warn!(error = %e, "cannot read the delayed-message count"),
+        }
         let numbers = ctx.replica.raft_numbers();
         if !numbers.is_leader {
             ready_term = None;
@@ -174,6 +183,11 @@ async fn load_due(
         let timers = state.due_timers_from(&from, now_ms, DUE_TIMERS_PER_TICK_MAX)?;
         let mut out = Vec::with_capacity(timers.len());
         for timer in timers {
+            if timer.kind == TimerKind::DelayedDelivery {
+                // Apply reads the record itself; its id is no transaction id.
+                out.push(DueItem { timer, record: None, batch: None });
+                continue;
+            }
             let record = state.txn(TxnId(timer.id))?;
             let batch = match &record {
                 Some(r)
@@ -222,10 +236,16 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
     let mut park = Vec::new();
     let mut exhausted = Vec::new();
     let mut purge = Vec::new();
+    let mut delayed = Vec::new();
     for item in items {
+        if item.timer.kind == TimerKind::DelayedDelivery {
+            delayed.push(DelayedDue { id: item.timer.id, due_ms: item.timer.due_ms });
+            continue;
+        }
         let due = TxnDue { txn_id: TxnId(item.timer.id), due_ms: item.timer.due_ms };
         let Some(record) = item.record else { continue };
         match item.timer.kind {
+            TimerKind::DelayedDelivery => {}
             TimerKind::TxnPurge => purge.push(due),
             TimerKind::TxnCheck => {
                 if record.state != TxnState::Pending || record.next_check_ms != item.timer.due_ms {
@@ -269,6 +289,9 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
             }
         }
     }
+    if !delayed.is_empty() {
+        deliver_delayed(ctx, delayed).await?;
+    }
     if !checks.is_empty() {
         propose(ctx, Command::RecordChecks { checks }).await?;
     }
@@ -307,6 +330,26 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
     // not move are read again next tick.
     *cursor = next_cursor;
     Ok(())
+}
+
+/// Appends due delayed messages (in the order given: due time, then production order).
+async fn deliver_delayed(ctx: &Context, items: Vec<DelayedDue>) -> Result<(), String> {
+    let due = items.len();
+    match propose(ctx, Command::DeliverDelayed { items }).await? {
+        CommandResponse::DelayedDelivered { batches, records, dropped } => {
+            ctx.metrics.delayed.delivered.inc_by(records);
+            ctx.metrics.delayed.dropped.inc_by(u64::from(dropped));
+            tracing::debug!(due, batches, records, "delayed messages delivered");
+            if dropped > 0 {
+                tracing::warn!(dropped, "delayed messages dropped: their topic was deleted");
+            }
+            Ok(())
+        }
+        CommandResponse::Rejected { code, message } => {
+            Err(format!("delayed delivery refused: {code:?}: {message}"))
+        }
+        other => Err(format!("unexpected delayed delivery result {other:?}")),
+    }
 }
 
 async fn propose(ctx: &Context, command: Command) -> Result<CommandResponse, String> {

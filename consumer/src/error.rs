@@ -76,15 +76,37 @@ pub enum ConsumerError {
         /// What was wrong.
         source: DecodeError,
     },
+    /// The delivery was settled already (acked, nacked, timed out, or its partition was
+    /// revoked).
+    #[error("the delivery was settled already (acked, nacked, timed out or revoked)")]
+    Settled,
+    /// Settling a delivery needed the broker (a redelivery or dead letter to store) and it
+    /// failed.
+    #[error("could not {what}: {source}")]
+    Settle {
+        /// What was being done.
+        what: &'static str,
+        /// The request error.
+        source: ClientError,
+    },
+    /// A group request (heartbeat, commit) failed for good.
+    #[error("consumer group {what} failed: {source}")]
+    Group {
+        /// Which request.
+        what: &'static str,
+        /// The request error.
+        source: ClientError,
+    },
 }
 
 impl ConsumerError {
     /// Whether connecting again (from the last offset seen) may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ConsumerError::Connect { source, .. } | ConsumerError::Fetch { source, .. } => {
-                source.is_retriable()
-            }
+            ConsumerError::Connect { source, .. }
+            | ConsumerError::Fetch { source, .. }
+            | ConsumerError::Settle { source, .. }
+            | ConsumerError::Group { source, .. } => source.is_retriable(),
             _ => false,
         }
     }
@@ -92,9 +114,10 @@ impl ConsumerError {
     /// The broker's error code, when the failure came from a broker answer.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ConsumerError::Connect { source, .. } | ConsumerError::Fetch { source, .. } => {
-                source.code()
-            }
+            ConsumerError::Connect { source, .. }
+            | ConsumerError::Fetch { source, .. }
+            | ConsumerError::Settle { source, .. }
+            | ConsumerError::Group { source, .. } => source.code(),
             ConsumerError::UnknownTopic { .. } => Some(ErrorCode::UnknownTopic),
             ConsumerError::UnknownPartition { .. } => Some(ErrorCode::UnknownPartition),
             ConsumerError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),

@@ -12,13 +12,16 @@
 //! fetch task (partition n) ─┘
 //! ```
 //!
-//! Consumer groups, committed offsets and acknowledgements come later; this consumer is a
-//! standalone reader that starts where it is told.
+//! [`Consumer`] is a standalone reader that starts where it is told. [`GroupConsumer`] reads
+//! as a member of a consumer group: the leader assigns partitions, positions are committed,
+//! and every message is settled with `ack`, `nack` (redelivered on a backoff schedule, then
+//! dead-lettered) or `term` — see the [`group`] module.
 
 mod config;
 mod consumer;
 mod error;
 mod fetcher;
+pub mod group;
 
 pub use config::{
     ConsumerConfig, StartFrom, BUFFER_MESSAGES_MAX_DEFAULT, FETCH_MAX_BYTES_DEFAULT,
@@ -27,3 +30,4 @@ pub use config::{
 pub use consumer::Consumer;
 pub use error::{ConsumerError, Result};
 pub use fetcher::ConsumedMessage;
+pub use group::{Delivery, GroupConfig, GroupConsumer};

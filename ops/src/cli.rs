@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use ferry_consumer::StartFrom;
 use ferry_protocol::{Offset, TxnId};
 
+use crate::cmd::dlq::{DlqCommand, DLQ_LONG_ABOUT};
+use crate::cmd::group::GroupCommand;
 use crate::duration::parse_positive_duration;
-use crate::output::Format;
+use crate::output::{parse_timestamp_ms, Format};
 
 /// Most partitions a topic may have (the broker's limit).
 pub const PARTITIONS_MAX: u32 = 1024;
@@ -22,7 +24,8 @@ pub const TXN_LIST_ROWS_MAX: u32 = 100_000;
 const ABOUT: &str = "Administer and use a ferrymq cluster";
 
 const LONG_ABOUT: &str = "Administer and use a ferrymq cluster: membership, topics, \
-producing or consuming messages from the command line, and resolving transactions.
+producing or consuming messages from the command line, resolving transactions, and \
+consumer groups with their dead letters.
 
 Any member of the cluster can be named with --bootstrap; requests are routed to the leader. \
 Every failure prints one line starting with `error:` on stderr and exits with status 1 \
@@ -34,6 +37,7 @@ const EXAMPLES: &str = "Examples:
   seq 1 1000 | ferryctl produce orders
   ferryctl consume orders --from earliest --count 1000
   ferryctl txn list --parked
+  ferryctl group describe billing
   FERRY_BOOTSTRAP=10.0.0.1:7400,10.0.0.2:7400 ferryctl --format json topic list";
 
 /// The command line.
@@ -98,7 +102,9 @@ pub enum Command {
   seq 1 1000 | ferryctl produce orders
   printf 'user-1:signed up\\nuser-2:signed up\\n' | ferryctl produce events --key-sep :
   ferryctl produce orders --count 100000 --size 512
-  echo hello | ferryctl produce orders --partition 2")]
+  echo hello | ferryctl produce orders --partition 2
+  echo reminder | ferryctl produce orders --delay 30s
+  echo report | ferryctl produce orders --deliver-at 2030-01-31T09:00:00Z")]
     Produce(ProduceArgs),
     /// Read messages from a topic and print them, one per line.
     #[command(after_help = "Examples:
@@ -106,9 +112,11 @@ pub enum Command {
   ferryctl consume orders --from latest          # follow new messages until Ctrl-C
   ferryctl consume orders --partition 1 --from 500 --json
   ferryctl consume orders --idle-timeout 2s > dump.txt
+  ferryctl consume orders --group billing --count 10          # acks what it prints
+  ferryctl consume orders --group billing --nack --count 1    # rejects: it comes back later
 
 With --json each line is an object with topic, partition, offset, timestamp_ms, key, headers
-and value. The value (and key, header values) is the text itself when it is valid UTF-8, else
+and value (with --group also attempt: 1 for a first delivery). The value (and key, header values) is the text itself when it is valid UTF-8, else
 base64; `value_encoding` (`key_encoding`, `encoding`) says which: \"utf8\" or \"base64\".")]
     Consume(ConsumeArgs),
     /// Inspect and resolve transactional messages: list, show, commit, rollback, stats.
@@ -120,6 +128,21 @@ base64; `value_encoding` (`key_encoding`, `encoding`) says which: \"utf8\" or \"
   ferryctl txn commit 42
   ferryctl txn rollback 43")]
     Txn(TxnCommand),
+    /// Consumer groups: list, describe, reset-offsets.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  ferryctl group list
+  ferryctl group describe billing
+  ferryctl group reset-offsets billing --topic orders --to-earliest --execute"
+    )]
+    Group(GroupCommand),
+    /// A consumer group's dead letters: list, replay, purge.
+    #[command(subcommand, long_about = DLQ_LONG_ABOUT, after_help = "Examples:
+  ferryctl dlq list --group billing
+  ferryctl dlq replay --group billing --all
+  ferryctl dlq purge --group billing")]
+    Dlq(DlqCommand),
 }
 
 const TXN_LONG_ABOUT: &str = "Inspect and resolve transactional (half) messages.
@@ -337,6 +360,17 @@ pub struct ProduceArgs {
     /// Size of each generated message in bytes (with --count).
     #[arg(long, value_name = "BYTES", default_value_t = 100, requires = "count")]
     pub size: usize,
+
+    /// Deliver the messages this long after the command starts (e.g. 30s, 5m, 2h): they are
+    /// stored now, replicated and invisible, and appear in the partition when due.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub delay: Option<Duration>,
+
+    /// Deliver the messages at this time: RFC 3339 (2030-01-31T09:00:00Z, or with an offset
+    /// such as +02:00) or milliseconds since the Unix epoch. A time already past delivers at
+    /// once.
+    #[arg(long, value_name = "TIME", conflicts_with = "delay", value_parser = parse_deliver_at)]
+    pub deliver_at: Option<u64>,
 }
 
 /// `ferryctl consume TOPIC ...`
@@ -372,6 +406,22 @@ pub struct ConsumeArgs {
     /// Print one JSON object per message (same as --format json).
     #[arg(long)]
     pub json: bool,
+
+    /// Read as a member of this consumer group: the leader assigns the partitions, reading
+    /// starts at the group's committed positions (--from only applies where it never
+    /// committed), and each message is acked once printed.
+    #[arg(
+        long,
+        value_name = "GROUP",
+        value_parser = crate::cmd::group::parse_group_name,
+        conflicts_with = "partition"
+    )]
+    pub group: Option<String>,
+
+    /// With --group: nack each message once printed instead of acking it, so the group gets
+    /// it again on its retry schedule (and dead-letters it after the last attempt).
+    #[arg(long, requires = "group")]
+    pub nack: bool,
 }
 
 /// `host:port[,host:port...]`, each with a numeric port.
@@ -430,6 +480,15 @@ fn parse_group(text: &str) -> Result<String, String> {
         return Err("the group name is empty".into());
     }
     Ok(text.to_string())
+}
+
+/// A deliver time: milliseconds since the Unix epoch, or an RFC 3339 timestamp.
+fn parse_deliver_at(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| format!("{text:?} is too large for ms since the epoch"));
+    }
+    parse_timestamp_ms(text)
 }
 
 fn parse_separator(text: &str) -> Result<String, String> {
@@ -579,6 +638,33 @@ mod tests {
         );
         assert_eq!(kind(&["produce", "t", "--key-sep", ""]), ErrorKind::ValueValidation);
         assert_eq!(kind(&["produce", "t", "--partition", "-1"]), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn produce_deliver_time_flags() {
+        let args = |a: &[&str]| match parse(a).unwrap().command {
+            Command::Produce(a) => (a.delay, a.deliver_at),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            args(&["produce", "t", "--delay", "30s"]),
+            (Some(Duration::from_secs(30)), None)
+        );
+        assert_eq!(
+            args(&["produce", "t", "--deliver-at", "2023-11-14T22:13:20.123Z"]),
+            (None, Some(1_700_000_000_123))
+        );
+        assert_eq!(
+            args(&["produce", "t", "--deliver-at", "1700000000123"]),
+            (None, Some(1_700_000_000_123))
+        );
+        assert_eq!(args(&["produce", "t"]), (None, None));
+        assert_eq!(
+            kind(&["produce", "t", "--delay", "1s", "--deliver-at", "5"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(kind(&["produce", "t", "--delay", "0s"]), ErrorKind::ValueValidation);
+        assert_eq!(kind(&["produce", "t", "--deliver-at", "tomorrow"]), ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -145,6 +145,95 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// (year, month, day) to days since 1970-01-01, proleptic Gregorian (the inverse of
+/// `civil_from_days`, same source).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an RFC 3339 timestamp (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00.250+02:00`;
+/// `t`, `z` and a space separator accepted) into ms since the Unix epoch. Fraction digits
+/// beyond milliseconds are dropped.
+///
+/// # Errors
+/// A message for people when the text is not such a timestamp, names an impossible date or
+/// time (a leap second included), or lies before 1970.
+pub fn parse_timestamp_ms(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("{text:?} is not an RFC 3339 time; expected e.g. 2024-05-01T12:00:00Z or +02:00")
+    };
+    let t = text.trim().as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
+        let digits = t.get(range).ok_or_else(bad)?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        Ok(digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let at = |i: usize, allowed: &[u8]| t.get(i).is_some_and(|c| allowed.contains(c));
+    if t.len() < 20 || !at(4, b"-") || !at(7, b"-") || !at(10, b"Tt ") || !at(13, b":") {
+        return Err(bad());
+    }
+    if !at(16, b":") {
+        return Err(bad());
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut millis = 0i64;
+    if at(i, b".") {
+        let start = i + 1;
+        let end = start + t[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if end == start {
+            return Err(bad());
+        }
+        let digits = &t[start..end];
+        for k in 0..3 {
+            millis = millis * 10 + digits.get(k).map_or(0, |d| i64::from(d - b'0'));
+        }
+        i = end;
+    }
+    let offset_minutes = match t.get(i) {
+        Some(b'Z' | b'z') if t.len() == i + 1 => 0,
+        Some(sign @ (b'+' | b'-')) if t.len() == i + 6 && at(i + 3, b":") => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            let minutes = h * 60 + m;
+            if *sign == b'+' {
+                minutes
+            } else {
+                -minutes
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(format!("{text:?} has no month {month}")),
+    };
+    if !(1..=month_days).contains(&day) {
+        return Err(format!("{text:?}: month {month} of {year} has no day {day}"));
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err(format!("{text:?} is not a time of day (leap seconds are not accepted)"));
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_minutes * 60;
+    let ms = secs * 1000 + millis;
+    u64::try_from(ms).map_err(|_| format!("{text:?} is before 1970"))
+}
+
 /// A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`, `1.0 GiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -200,6 +289,38 @@ mod tests {
         assert_eq!(format_timestamp_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_timestamp_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(format_timestamp_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn rfc3339_timestamps_parse() {
+        let ok = |t: &str| parse_timestamp_ms(t).unwrap();
+        assert_eq!(ok("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(ok("2023-11-14T22:13:20.123Z"), 1_700_000_000_123);
+        assert_eq!(ok("2023-11-14t22:13:20.1234567z"), 1_700_000_000_123);
+        assert_eq!(ok("2023-11-14 22:13:20.5Z"), 1_700_000_000_500);
+        assert_eq!(ok("2023-11-15T00:13:20.123+02:00"), 1_700_000_000_123);
+        assert_eq!(ok("2023-11-14T20:43:20.123-01:30"), 1_700_000_000_123);
+        assert_eq!(ok("2000-02-29T00:00:00Z"), 951_782_400_000);
+        // Every instant formatted reads back.
+        for ms in [0, 86_399_999, 951_782_400_000, 1_700_000_000_123, 4_102_444_800_000] {
+            assert_eq!(ok(&format_timestamp_ms(ms)), ms);
+        }
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20+0200",
+            "2023-11-14T22:13:20.Z",
+            "2023-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T23:59:60Z",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14T22:13:20Zjunk",
+            "2023-1x-14T22:13:20Z",
+        ] {
+            assert!(parse_timestamp_ms(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

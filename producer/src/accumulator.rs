@@ -4,6 +4,10 @@
 //! Order: batches leave in the order they were opened and at most one is in flight per
 //! partition, so records reach the broker in `send` order for each partition.
 //!
+//! A batch carries one deliver time (0: append at once; else a delayed message), so a record
+//! whose deliver time differs from the open batch's closes that batch and opens the next:
+//! records sharing a deliver time still share batches, and sequences stay dense.
+//!
 //! Guarded by a short `std::sync::Mutex` in the partition state; nothing here awaits.
 
 use std::collections::VecDeque;
@@ -12,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_protocol::record::{Record, RecordBatchBuilder};
-use ferry_protocol::Offset;
 use tokio::sync::Semaphore;
 
-use crate::delivery::BatchSlot;
+use crate::delivery::{Acked, BatchSlot};
 use crate::error::ProducerError;
 
 /// First allocation for a batch's buffer; it grows by doubling up to `batch_bytes_max`, so a
@@ -39,11 +42,11 @@ impl Completion {
     }
 
     /// Publishes the outcome and releases the batch's share of the buffer.
-    pub(crate) fn complete(mut self, outcome: Result<Offset, ProducerError>) {
+    pub(crate) fn complete(mut self, outcome: Result<Acked, ProducerError>) {
         self.finish(outcome);
     }
 
-    fn finish(&mut self, outcome: Result<Offset, ProducerError>) {
+    fn finish(&mut self, outcome: Result<Acked, ProducerError>) {
         if self.done {
             return;
         }
@@ -64,6 +67,8 @@ impl Drop for Completion {
 struct OpenBatch {
     builder: RecordBatchBuilder,
     base_sequence: u32,
+    /// Deliver time of every record in it (0: at once).
+    deliver_at_ms: u64,
     opened_at: Instant,
     completion: Completion,
 }
@@ -77,6 +82,8 @@ pub(crate) struct SealedBatch {
     pub(crate) record_count: u32,
     /// Sequence number of its first record.
     pub(crate) base_sequence: u32,
+    /// When its records become visible, ms since the Unix epoch (0: at once).
+    pub(crate) deliver_at_ms: u64,
     /// Completes its messages.
     pub(crate) completion: Completion,
 }
@@ -157,15 +164,17 @@ impl Accumulator {
         }
     }
 
-    /// Appends `record`, whose encoding takes `size_bytes` and which reserved `reserved_bytes`
-    /// of the buffer (returned when its batch completes). Closes the open batch first if the
-    /// record would push it past `batch_bytes_max`, and after it if the batch is now full; a
+    /// Appends `record`, whose encoding takes `size_bytes`, which reserved `reserved_bytes` of
+    /// the buffer (returned when its batch completes) and becomes visible at `deliver_at_ms`
+    /// (0: at once). Closes the open batch first if the record would push it past
+    /// `batch_bytes_max` or has another deliver time, and after it if the batch is now full; a
     /// record larger than `batch_bytes_max` travels alone.
     pub(crate) fn append(
         &mut self,
         record: &Record,
         size_bytes: usize,
         reserved_bytes: usize,
+        deliver_at_ms: u64,
         now: Instant,
     ) -> Result<Appended, AppendRefused> {
         match self.lifecycle {
@@ -174,11 +183,10 @@ impl Accumulator {
             Lifecycle::Closed => return Err(AppendRefused::Closed),
         }
         let mut wake_sender = false;
-        if self
-            .open
-            .as_ref()
-            .is_some_and(|b| b.builder.len_bytes() + size_bytes > self.batch_bytes_max)
-        {
+        if self.open.as_ref().is_some_and(|b| {
+            b.builder.len_bytes() + size_bytes > self.batch_bytes_max
+                || b.deliver_at_ms != deliver_at_ms
+        }) {
             self.seal();
             wake_sender = true;
         }
@@ -195,6 +203,7 @@ impl Accumulator {
                         capacity,
                     ),
                     base_sequence: self.next_sequence,
+                    deliver_at_ms,
                     opened_at: now,
                     completion: Completion::new(self.buffer.clone()),
                 })
@@ -269,6 +278,7 @@ impl Accumulator {
                 bytes: batch.builder.finish(),
                 record_count,
                 base_sequence: batch.base_sequence,
+                deliver_at_ms: batch.deliver_at_ms,
                 completion: batch.completion,
             });
         }
@@ -279,6 +289,7 @@ impl Accumulator {
 mod tests {
     use super::*;
     use ferry_protocol::record::{RecordBatch, BATCH_HEADER_BYTES};
+    use ferry_protocol::Offset;
 
     const LINGER: Duration = Duration::from_millis(5);
 
@@ -297,7 +308,7 @@ mod tests {
     }
 
     fn append(acc: &mut Accumulator, r: &Record, now: Instant) -> Appended {
-        acc.append(r, r.encoded_len(), r.encoded_len(), now).unwrap()
+        acc.append(r, r.encoded_len(), r.encoded_len(), 0, now).unwrap()
     }
 
     fn expect_send(next: Next) -> SealedBatch {
@@ -390,7 +401,7 @@ mod tests {
             }
         }
         assert_eq!(bases, vec![(0, 2), (2, 2), (4, 1)]);
-        assert_eq!(acc.append(&r, 1, 1, now).err(), Some(AppendRefused::Closed));
+        assert_eq!(acc.append(&r, 1, 1, 0, now).err(), Some(AppendRefused::Closed));
     }
 
     #[test]
@@ -402,7 +413,7 @@ mod tests {
         append(&mut acc, &r, now);
         let batch = expect_send(acc.next(now + LINGER, false));
         assert_eq!(buffer.available_permits(), 0);
-        batch.completion.complete(Ok(Offset(10)));
+        batch.completion.complete(Ok(Acked::Appended(Offset(10))));
         assert_eq!(buffer.available_permits(), 2 * r.encoded_len());
         assert!(a.slot.is_complete());
     }
@@ -427,9 +438,37 @@ mod tests {
         // Sealed by flush: sent before its linger time.
         let batch = expect_send(acc.next(now, false));
         assert!(Arc::ptr_eq(&acc.flush().unwrap(), &a.slot), "in flight still counts");
-        batch.completion.complete(Ok(Offset(0)));
+        batch.completion.complete(Ok(Acked::Appended(Offset(0))));
         acc.batch_done();
         assert!(acc.flush().is_none());
+    }
+
+    #[test]
+    fn a_new_deliver_time_starts_a_new_batch_and_sequences_stay_dense() {
+        let r = record(10);
+        let (mut acc, _) = accumulator(64 * 1024);
+        let now = Instant::now();
+        let size = r.encoded_len();
+        let put = |acc: &mut Accumulator, at| acc.append(&r, size, size, at, now).unwrap();
+        put(&mut acc, 0);
+        let a = put(&mut acc, 5_000);
+        assert!(a.wake_sender, "the plain batch was closed");
+        assert_eq!(a.index, 0);
+        let b = put(&mut acc, 5_000);
+        assert_eq!(b.index, 1, "the same deliver time shares the batch");
+        put(&mut acc, 0);
+        let mut sent = vec![];
+        loop {
+            match acc.next(now, true) {
+                Next::Send(batch) => {
+                    sent.push((batch.deliver_at_ms, batch.base_sequence, batch.record_count));
+                    acc.batch_done();
+                }
+                Next::Exit => break,
+                Next::Wait(w) => panic!("draining never waits: {w:?}"),
+            }
+        }
+        assert_eq!(sent, vec![(0, 0, 1), (5_000, 1, 2), (0, 3, 1)]);
     }
 
     #[test]
@@ -438,10 +477,10 @@ mod tests {
         let now = Instant::now();
         append(&mut acc, &record(1), now);
         acc.retire();
-        assert_eq!(acc.append(&record(1), 1, 1, now).err(), Some(AppendRefused::Retired));
+        assert_eq!(acc.append(&record(1), 1, 1, 0, now).err(), Some(AppendRefused::Retired));
         let _batch = expect_send(acc.next(now, false));
         acc.batch_done();
         assert!(matches!(acc.next(now, false), Next::Exit));
-        assert_eq!(acc.append(&record(1), 1, 1, now).err(), Some(AppendRefused::Retired));
+        assert_eq!(acc.append(&record(1), 1, 1, 0, now).err(), Some(AppendRefused::Retired));
     }
 }

@@ -13,20 +13,41 @@ use ferry_protocol::{Offset, PartitionIndex};
 
 use crate::error::ProducerError;
 
-/// Where an acknowledged message was stored.
+/// Where an acknowledged message was stored, or when it will be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
     /// The partition it went to.
     pub partition: PartitionIndex,
-    /// Its offset in that partition.
+    /// Its offset in that partition. `Offset(0)` and meaningless when the message was
+    /// scheduled (`deliver_at_ms` is set): it gets its offset once due.
     pub offset: Offset,
+    /// Set when the message was scheduled (a deliver time after the leader's clock): it is
+    /// stored durably, invisible, and appended to the partition at this time (ms since the
+    /// Unix epoch). `None`: appended at `offset`.
+    pub deliver_at_ms: Option<u64>,
+}
+
+impl Delivered {
+    /// Whether the message was scheduled for later rather than appended.
+    pub fn is_scheduled(&self) -> bool {
+        self.deliver_at_ms.is_some()
+    }
+}
+
+/// How the broker acknowledged a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acked {
+    /// Appended; its first record is at this offset.
+    Appended(Offset),
+    /// Scheduled: appended once this time (ms since the Unix epoch) is due.
+    Scheduled(u64),
 }
 
 /// The outcome of one batch, shared by the futures of the messages in it.
 #[derive(Debug, Default)]
 pub(crate) struct BatchSlot {
-    /// Set once: the base offset of the acknowledged batch, or why it failed.
-    outcome: OnceLock<Result<Offset, ProducerError>>,
+    /// Set once: how the batch was acknowledged, or why it failed.
+    outcome: OnceLock<Result<Acked, ProducerError>>,
     /// Tasks waiting for `outcome`. A future remembers its index here so re-polling replaces
     /// its waker instead of adding another: the list never outgrows the futures.
     wakers: Mutex<Vec<Waker>>,
@@ -39,7 +60,7 @@ impl BatchSlot {
     }
 
     /// Stores the outcome (the first one wins) and wakes every waiter.
-    pub(crate) fn complete(&self, outcome: Result<Offset, ProducerError>) {
+    pub(crate) fn complete(&self, outcome: Result<Acked, ProducerError>) {
         let _ = self.outcome.set(outcome);
         let wakers =
             std::mem::take(&mut *self.wakers.lock().unwrap_or_else(PoisonError::into_inner));
@@ -58,7 +79,7 @@ impl BatchSlot {
         &self,
         cx: &mut Context<'_>,
         waker_index: &mut Option<usize>,
-    ) -> Poll<&Result<Offset, ProducerError>> {
+    ) -> Poll<&Result<Acked, ProducerError>> {
         if let Some(outcome) = self.outcome.get() {
             return Poll::Ready(outcome);
         }
@@ -85,9 +106,9 @@ impl BatchSlot {
 /// Resolves when the batch holding one message is acknowledged (committed by a Raft quorum
 /// and applied, so it is durable and readable) or has failed.
 ///
-/// The output is the message's partition and offset (`base_offset + index in batch`), or the
-/// error that failed its batch; all messages of a batch share one outcome. Dropping the future
-/// does not cancel the message.
+/// The output is the message's partition and offset (`base_offset + index in batch`) — or,
+/// for a delayed message, its deliver time — or the error that failed its batch; all messages
+/// of a batch share one outcome. Dropping the future does not cancel the message.
 #[derive(Debug)]
 #[must_use = "a DeliveryFuture does nothing unless awaited; drop it to ignore the outcome"]
 pub struct DeliveryFuture {
@@ -115,9 +136,15 @@ impl Future for DeliveryFuture {
         let this = self.get_mut();
         match this.slot.poll_outcome(cx, &mut this.waker_index) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(base)) => Poll::Ready(Ok(Delivered {
+            Poll::Ready(Ok(Acked::Appended(base))) => Poll::Ready(Ok(Delivered {
                 partition: this.partition,
                 offset: Offset(base.0 + u64::from(this.index)),
+                deliver_at_ms: None,
+            })),
+            Poll::Ready(Ok(Acked::Scheduled(at))) => Poll::Ready(Ok(Delivered {
+                partition: this.partition,
+                offset: Offset(0),
+                deliver_at_ms: Some(*at),
             })),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e.clone())),
         }
@@ -158,14 +185,29 @@ mod tests {
         let waiter = tokio::spawn(futures_util::future::join_all(futures));
         tokio::task::yield_now().await;
         assert!(!slot.is_complete());
-        slot.complete(Ok(Offset(100)));
+        slot.complete(Ok(Acked::Appended(Offset(100))));
         let got: Vec<Offset> =
             waiter.await.unwrap().into_iter().map(|r| r.unwrap().offset).collect();
         assert_eq!(got, vec![Offset(100), Offset(101), Offset(102), Offset(103)]);
         // A future created after completion resolves at once, and the first outcome stays.
-        slot.complete(Ok(Offset(7)));
+        slot.complete(Ok(Acked::Appended(Offset(7))));
         let late = DeliveryFuture::new(slot, 9, p).await.unwrap();
-        assert_eq!(late, Delivered { partition: p, offset: Offset(109) });
+        assert_eq!(late, Delivered { partition: p, offset: Offset(109), deliver_at_ms: None });
+        assert!(!late.is_scheduled());
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_batch_reports_its_deliver_time() {
+        let slot = BatchSlot::new();
+        let p = PartitionIndex(1);
+        let a = DeliveryFuture::new(slot.clone(), 0, p);
+        let b = DeliveryFuture::new(slot.clone(), 1, p);
+        slot.complete(Ok(Acked::Scheduled(1_700_000_000_000)));
+        for f in [a, b] {
+            let d = f.await.unwrap();
+            assert_eq!(d.deliver_at_ms, Some(1_700_000_000_000));
+            assert!(d.is_scheduled());
+        }
     }
 
     #[tokio::test]
@@ -187,7 +229,7 @@ mod tests {
             assert!(pending.is_none());
         }
         assert_eq!(slot.wakers.lock().unwrap().len(), 1);
-        slot.complete(Ok(Offset(0)));
+        slot.complete(Ok(Acked::Appended(Offset(0))));
         assert_eq!(f.await.unwrap().offset, Offset(0));
     }
 }

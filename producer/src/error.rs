@@ -66,6 +66,10 @@ pub enum ProducerError {
         /// The request error.
         source: Arc<ClientError>,
     },
+    /// The message asks for something the call cannot do (e.g. a deliver time on a half
+    /// message).
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
     /// The producer was closed (or dropped) before the message could be sent.
     #[error("producer is closed")]
     Closed,
@@ -118,6 +122,7 @@ impl ProducerError {
             | ProducerError::UnknownTopic { .. }
             | ProducerError::UnknownPartition { .. }
             | ProducerError::MessageTooLarge { .. }
+            | ProducerError::InvalidMessage(_)
             | ProducerError::Closed
             | ProducerError::TransactionAlreadyResolved { .. }
             | ProducerError::UnknownTransaction { .. } => false,
@@ -139,6 +144,7 @@ impl ProducerError {
             ProducerError::UnknownTransaction { .. } => Some(ErrorCode::UnknownTransaction),
             ProducerError::Config(_)
             | ProducerError::MessageTooLarge { .. }
+            | ProducerError::InvalidMessage(_)
             | ProducerError::Closed => None,
         }
     }

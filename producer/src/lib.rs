@@ -16,6 +16,13 @@
 //!                          └─▶ DeliveryFuture (base_offset + index in batch)
 //! ```
 //!
+//! Delayed messages: a message with a deliver time ([`Message::with_delay`],
+//! [`Message::deliver_at`]) is acknowledged once stored replicated and invisible
+//! ([`Delivered::deliver_at_ms`] says when it will appear); the leader appends it to its
+//! partition when due, so it takes its offset — and its place in the partition's order — then.
+//! It survives leader failover and restarts. Messages with different deliver times never
+//! share a batch.
+//!
 //! Delivery is at least once: a batch whose response was lost is retried by the cluster
 //! client and may be stored twice (producer id and sequences are filled in for the broker's
 //! future deduplication).

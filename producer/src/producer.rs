@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accumulator::{Accumulator, AppendRefused, Next, SealedBatch};
 use crate::config::ProducerConfig;
-use crate::delivery::{Delivered, DeliveryFuture, SlotDone};
+use crate::delivery::{Acked, Delivered, DeliveryFuture, SlotDone};
 use crate::error::{ProducerError, Result};
 use crate::message::Message;
 use crate::partitioner::{partition_for_key, sticky_partition};
@@ -178,6 +178,10 @@ impl Producer {
     /// Waits while `buffer_bytes_max` bytes are unacknowledged (back-pressure). Reads the
     /// topic's metadata on first use and after the broker reported it unknown.
     ///
+    /// A message with a future deliver time ([`Message::with_delay`]) is acknowledged once
+    /// stored, invisible, by the cluster: its [`Delivered`] carries `deliver_at_ms`, and its
+    /// offset comes when it is appended, once due.
+    ///
     /// # Errors
     /// `UnknownTopic`, `UnknownPartition` (explicit partition out of range), `MessageTooLarge`,
     /// `Metadata` (metadata could not be read), `Closed`. Failures of the batch itself arrive
@@ -187,8 +191,10 @@ impl Producer {
         if shared.closed.load(Ordering::Acquire) {
             return Err(ProducerError::Closed);
         }
-        let Message { key, headers, value, partition } = message;
+        let Message { key, headers, value, partition, deliver_at_ms } = message;
         let record = Record { timestamp_ms: now_ms(), key, headers, value };
+        // A deliver time already past appends at once: it may share a batch with plain records.
+        let deliver_at_ms = deliver_at_ms.filter(|at| *at > record.timestamp_ms).unwrap_or(0);
         let size_bytes = record.encoded_len();
         let max_bytes = shared.config.message_bytes_max;
         let too_large = || ProducerError::MessageTooLarge {
@@ -223,7 +229,13 @@ impl Producer {
                 });
             };
             shared.ensure_started(part);
-            let appended = part.lock().append(&record, size_bytes, reserved_bytes, Instant::now());
+            let appended = part.lock().append(
+                &record,
+                size_bytes,
+                reserved_bytes,
+                deliver_at_ms,
+                Instant::now(),
+            );
             match appended {
                 Ok(appended) => {
                     reservation.bytes = 0;
@@ -444,9 +456,13 @@ impl Shared {
     /// Sends one batch (the cluster client retries until the deadline) and completes its
     /// messages.
     async fn produce(&self, part: &PartitionState, batch: SealedBatch) {
-        let SealedBatch { bytes, record_count, base_sequence, completion } = batch;
-        let request =
-            ProduceRequest { topic: part.topic.to_string(), partition: part.index, batch: bytes };
+        let SealedBatch { bytes, record_count, base_sequence, deliver_at_ms, completion } = batch;
+        let request = ProduceRequest {
+            topic: part.topic.to_string(),
+            partition: part.index,
+            batch: bytes,
+            deliver_at_ms,
+        };
         let outcome = match self.client.call(&request).await {
             Ok(response) => {
                 if response.record_count != record_count {
@@ -462,11 +478,15 @@ impl Shared {
                     topic = %part.topic,
                     partition = %part.index,
                     base_offset = response.base_offset.0,
+                    deliver_at_ms = response.deliver_at_ms,
                     base_sequence,
                     records = record_count,
                     "batch acknowledged"
                 );
-                Ok(response.base_offset)
+                Ok(match response.deliver_at_ms {
+                    0 => Acked::Appended(response.base_offset),
+                    at => Acked::Scheduled(at),
+                })
             }
             Err(error) => {
                 tracing::debug!(

@@ -159,7 +159,14 @@ impl Shared {
             Some(timeout) => check_timeout_ms(timeout)?,
             None => 0,
         };
-        let Message { key, headers, value, partition: explicit } = message;
+        let Message { key, headers, value, partition: explicit, deliver_at_ms } = message;
+        if deliver_at_ms.is_some() {
+            // A half message becomes visible when committed; a deliver time on top is not
+            // supported (yet), and ignoring it would deliver early.
+            return Err(ProducerError::InvalidMessage(
+                "a transactional (half) message cannot have a deliver time".into(),
+            ));
+        }
         let record = Record { timestamp_ms: now_ms(), key, headers, value };
         let size_bytes = record.encoded_len() + BATCH_HEADER_BYTES;
         let max_bytes = self.config.producer.message_bytes_max;
@@ -375,7 +382,8 @@ impl TransactionalProducer {
     /// topic or partition is unknown.
     ///
     /// # Errors
-    /// `MessageTooLarge`, `UnknownTopic`, `UnknownPartition`, `Metadata`, `Closed`, and
+    /// `MessageTooLarge`, `InvalidMessage` (a deliver time is set: half messages cannot be
+    /// delayed), `UnknownTopic`, `UnknownPartition`, `Metadata`, `Closed`, and
     /// `Transaction` when the request failed: after a timeout or a lost connection the half
     /// message may exist without this caller knowing its id; it is then resolved by
     /// check-back. Calling again sends a second, separate half message.

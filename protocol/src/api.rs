@@ -42,11 +42,25 @@ pub enum ApiKey {
     ListTransactions = 15,
     /// Transaction counts by state and producer group.
     TransactionStats = 16,
+    /// Join or stay in a consumer group; answers with the partitions the member may read.
+    GroupHeartbeat = 17,
+    /// Leave a consumer group at once.
+    LeaveGroup = 18,
+    /// A group member commits the offsets it has processed.
+    CommitOffsets = 19,
+    /// An operator sets a group's offsets.
+    ResetOffsets = 20,
+    /// A group's members, committed offsets and lag.
+    DescribeGroup = 21,
+    /// Every consumer group.
+    ListGroups = 22,
+    /// The first offset at or after a time, per partition.
+    OffsetsForTime = 23,
 }
 
 impl ApiKey {
     /// Every key, in wire order.
-    pub const ALL: [ApiKey; 17] = [
+    pub const ALL: [ApiKey; 24] = [
         ApiKey::Handshake,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -64,6 +78,13 @@ impl ApiKey {
         ApiKey::Heartbeat,
         ApiKey::ListTransactions,
         ApiKey::TransactionStats,
+        ApiKey::GroupHeartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::CommitOffsets,
+        ApiKey::ResetOffsets,
+        ApiKey::DescribeGroup,
+        ApiKey::ListGroups,
+        ApiKey::OffsetsForTime,
     ];
 
     /// The key for a wire value, if known.
@@ -91,6 +112,13 @@ impl ApiKey {
             ApiKey::Heartbeat => "heartbeat",
             ApiKey::ListTransactions => "list_transactions",
             ApiKey::TransactionStats => "transaction_stats",
+            ApiKey::GroupHeartbeat => "group_heartbeat",
+            ApiKey::LeaveGroup => "leave_group",
+            ApiKey::CommitOffsets => "commit_offsets",
+            ApiKey::ResetOffsets => "reset_offsets",
+            ApiKey::DescribeGroup => "describe_group",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::OffsetsForTime => "offsets_for_time",
         }
     }
 }
@@ -141,11 +169,20 @@ pub enum ErrorCode {
     UnknownTransaction = 18,
     /// The transaction was already decided the other way; the error body carries its state.
     TransactionAlreadyResolved = 19,
+    /// No consumer group by that name (no live member, no committed offset).
+    UnknownGroup = 20,
+    /// The leader does not know this group member (it timed out, or the leader changed):
+    /// heartbeat to join again, then retry.
+    UnknownMember = 21,
+    /// The member does not hold that partition (it was revoked or never assigned).
+    NotAssigned = 22,
+    /// The group has live members; the operation needs `force`.
+    GroupHasMembers = 23,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::Malformed,
@@ -166,6 +203,10 @@ impl ErrorCode {
         ErrorCode::AuthFailed,
         ErrorCode::UnknownTransaction,
         ErrorCode::TransactionAlreadyResolved,
+        ErrorCode::UnknownGroup,
+        ErrorCode::UnknownMember,
+        ErrorCode::NotAssigned,
+        ErrorCode::GroupHasMembers,
     ];
 
     /// The code for a wire value, if known.
@@ -208,6 +249,10 @@ impl ErrorCode {
             ErrorCode::AuthFailed => "authentication failed",
             ErrorCode::UnknownTransaction => "unknown transaction",
             ErrorCode::TransactionAlreadyResolved => "transaction already resolved the other way",
+            ErrorCode::UnknownGroup => "unknown consumer group",
+            ErrorCode::UnknownMember => "unknown group member; join again",
+            ErrorCode::NotAssigned => "partition not assigned to this member",
+            ErrorCode::GroupHasMembers => "the group has live members",
         }
     }
 }

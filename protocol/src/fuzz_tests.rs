@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use crate::frame::{ErrorBody, RequestHeader, ResponseHeader};
+use crate::group::*;
 use crate::messages::*;
 use crate::record::{Record, RecordBatch, RecordBatchBuilder};
 use crate::txn::*;
@@ -46,6 +47,16 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("list_txn_resp", d::<ListTransactionsResponse>),
         ("txn_stats_resp", d::<TransactionStatsResponse>),
         ("push", d::<Push>),
+        ("group_heartbeat", d::<GroupHeartbeatRequest>),
+        ("group_heartbeat_resp", d::<GroupHeartbeatResponse>),
+        ("leave_group", d::<LeaveGroupRequest>),
+        ("commit_offsets", d::<CommitOffsetsRequest>),
+        ("reset_offsets", d::<ResetOffsetsRequest>),
+        ("describe_group", d::<DescribeGroupRequest>),
+        ("describe_group_resp", d::<DescribeGroupResponse>),
+        ("list_groups_resp", d::<ListGroupsResponse>),
+        ("offsets_for_time", d::<OffsetsForTimeRequest>),
+        ("offsets_for_time_resp", d::<OffsetsForTimeResponse>),
         ("record_batch", |b| {
             RecordBatch::parse(b).is_ok_and(|batch| batch.records().all(|r| r.is_ok()))
         }),
@@ -109,10 +120,54 @@ fn seeds() -> Vec<Bytes> {
             members: vec![],
         }
         .to_bytes(),
+        GroupHeartbeatRequest {
+            group: "g".into(),
+            topic: "t".into(),
+            member_id: "m".into(),
+            client_id: "c".into(),
+            session_timeout_ms: 1,
+            owned: vec![PartitionIndex(1)],
+            in_flight: 1,
+        }
+        .to_bytes(),
+        DescribeGroupResponse {
+            group: "g".into(),
+            generation: 1,
+            members: vec![MemberInfo {
+                member_id: "m".into(),
+                client_id: "c".into(),
+                topic: "t".into(),
+                assigned: vec![PartitionIndex(0)],
+                owned: vec![],
+                in_flight: 0,
+                last_seen_ms_ago: 1,
+            }],
+            offsets: vec![PartitionOffset {
+                topic: "t".into(),
+                partition: PartitionIndex(0),
+                committed: Some(Offset(1)),
+                committed_ms: 1,
+                log_start: Offset(0),
+                high_watermark: Offset(2),
+            }],
+        }
+        .to_bytes(),
+        CommitOffsetsRequest {
+            group: "g".into(),
+            topic: "t".into(),
+            member_id: "m".into(),
+            offsets: vec![OffsetCommit {
+                topic: "t".into(),
+                partition: PartitionIndex(0),
+                offset: Offset(1),
+            }],
+        }
+        .to_bytes(),
         ProduceRequest {
             topic: "t".into(),
             partition: PartitionIndex(0),
             batch: Bytes::from_static(b"x"),
+            deliver_at_ms: 1,
         }
         .to_bytes(),
         EndTransactionRequest {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod client;
 pub mod cluster;
 pub mod frame;
+pub mod group;
 pub mod messages;
 pub mod record;
 pub mod txn;

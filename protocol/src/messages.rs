@@ -172,11 +172,16 @@ impl Request for HandshakeRequest {
     type Response = HandshakeResponse;
 }
 
-/// Append one record batch to a partition. Acknowledged after Raft commit and apply.
+/// Append one record batch to a partition, now or at a deliver time. Acknowledged after Raft
+/// commit and apply.
 ///
 /// ```text
-/// produce := topic:string | partition:u32 | batch:bytes
+/// produce := topic:string | partition:u32 | batch:bytes | deliver_at_ms:u64
 /// ```
+///
+/// A `deliver_at_ms` after the leader's clock schedules the batch instead: it is stored
+/// replicated and invisible, and appended to the partition (getting its offsets) once due.
+/// 0, or a time not after the leader's clock, appends now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProduceRequest {
     /// Topic name.
@@ -185,6 +190,8 @@ pub struct ProduceRequest {
     pub partition: PartitionIndex,
     /// A batch built by [`crate::record::RecordBatchBuilder`].
     pub batch: Bytes,
+    /// When the batch becomes visible, ms since the Unix epoch (leader clock); 0 = now.
+    pub deliver_at_ms: u64,
 }
 
 impl Encode for ProduceRequest {
@@ -192,6 +199,7 @@ impl Encode for ProduceRequest {
         wire::put_string(buf, &self.topic);
         buf.put_u32(self.partition.0);
         wire::put_bytes(buf, &self.batch);
+        buf.put_u64(self.deliver_at_ms);
     }
 }
 
@@ -201,27 +209,33 @@ impl Decode for ProduceRequest {
             topic: wire::get_string(buf, "produce.topic")?,
             partition: PartitionIndex(wire::get_u32(buf, "produce.partition")?),
             batch: wire::get_bytes(buf, "produce.batch")?,
+            deliver_at_ms: wire::get_u64(buf, "produce.deliver_at_ms")?,
         })
     }
 }
 
-/// Where a produced batch landed.
+/// Where a produced batch landed, or when it will.
 ///
 /// ```text
-/// produce_resp := base_offset:u64 | record_count:u32
+/// produce_resp := base_offset:u64 | record_count:u32 | deliver_at_ms:u64
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProduceResponse {
-    /// Offset of the batch's first record; record `i` is at `base_offset + i`.
+    /// Offset of the batch's first record; record `i` is at `base_offset + i`. 0 and
+    /// meaningless when the batch was scheduled (`deliver_at_ms` non-zero).
     pub base_offset: Offset,
     /// Records in the batch.
     pub record_count: u32,
+    /// 0: the batch was appended at `base_offset`. Otherwise the batch was scheduled (stored
+    /// durably, invisible) and is appended once this time (ms since the Unix epoch) is due.
+    pub deliver_at_ms: u64,
 }
 
 impl Encode for ProduceResponse {
     fn encode(&self, buf: &mut BytesMut) {
         buf.put_u64(self.base_offset.0);
         buf.put_u32(self.record_count);
+        buf.put_u64(self.deliver_at_ms);
     }
 }
 
@@ -230,6 +244,7 @@ impl Decode for ProduceResponse {
         Ok(ProduceResponse {
             base_offset: Offset(wire::get_u64(buf, "produce.base_offset")?),
             record_count: wire::get_u32(buf, "produce.record_count")?,
+            deliver_at_ms: wire::get_u64(buf, "produce.deliver_at_ms")?,
         })
     }
 }
@@ -713,8 +728,20 @@ mod tests {
             topic: "t".into(),
             partition: PartitionIndex(3),
             batch: Bytes::from_static(b"xyz"),
+            deliver_at_ms: 0,
         });
-        round_trip(ProduceResponse { base_offset: Offset(5), record_count: 2 });
+        round_trip(ProduceRequest {
+            topic: "t".into(),
+            partition: PartitionIndex(3),
+            batch: Bytes::from_static(b"xyz"),
+            deliver_at_ms: 1_700_000_000_123,
+        });
+        round_trip(ProduceResponse { base_offset: Offset(5), record_count: 2, deliver_at_ms: 0 });
+        round_trip(ProduceResponse {
+            base_offset: Offset(0),
+            record_count: 2,
+            deliver_at_ms: u64::MAX,
+        });
         round_trip(FetchRequest {
             topic: "t".into(),
             partition: PartitionIndex(0),

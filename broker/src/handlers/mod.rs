@@ -12,12 +12,14 @@ use ferry_protocol::{ApiKey, ClientKind, Decode, Encode, ErrorCode, NodeId, Reco
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::group::GroupCoordinator;
 use crate::metrics::Metrics;
 use crate::replication::{Replica, ReplicaError};
 use crate::state::command::{Command, CommandResponse};
 use crate::state::{validate_topic_name, StateError, TOPIC_PARTITIONS_MAX};
 use crate::txn::ProducerRegistry;
 
+mod groups;
 mod transactions;
 
 /// Longest producer group name.
@@ -37,6 +39,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Producer sessions connected here, by group (check-back targets).
     pub producers: Arc<ProducerRegistry>,
+    /// Consumer-group members (on the leader).
+    pub groups: Arc<GroupCoordinator>,
 }
 
 pub(crate) type HandlerResult = Result<Bytes, ReplicaError>;
@@ -168,6 +172,16 @@ pub async fn dispatch(
             let _: TransactionStatsRequest = decode(body)?;
             transactions::stats(ctx)
         }
+        ApiKey::GroupHeartbeat => groups::heartbeat(ctx, decode(body)?),
+        ApiKey::LeaveGroup => groups::leave(ctx, decode(body)?),
+        ApiKey::CommitOffsets => groups::commit(ctx, decode(body)?).await,
+        ApiKey::ResetOffsets => groups::reset(ctx, decode(body)?).await,
+        ApiKey::DescribeGroup => groups::describe(ctx, decode(body)?),
+        ApiKey::ListGroups => {
+            let _: ferry_protocol::group::ListGroupsRequest = decode(body)?;
+            groups::list(ctx)
+        }
+        ApiKey::OffsetsForTime => groups::offsets_for_time(ctx, decode(body)?).await,
     }
 }
 
@@ -186,22 +200,65 @@ pub(crate) fn checked_batch(ctx: &Context, bytes: Bytes) -> Result<RecordBatch, 
     RecordBatch::parse(bytes).map_err(|e| err(ErrorCode::CorruptBatch, e.to_string()))
 }
 
+/// Appends a batch now, or schedules it when its deliver time is after the leader's clock
+/// (a delayed message: replicated and invisible until due, see `state::delayed`).
 async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
     let len = req.batch.len();
     let batch = checked_batch(ctx, req.batch)?;
     let replica = ctx.replica.group_for(req.partition.0);
-    let resp = replica
-        .propose(Command::Produce {
+    let now_ms = ferry_protocol::now_ms();
+    // Retry and dead-letter topics are counted per consumer group.
+    let internal = req.topic.starts_with("__").then(|| req.topic.clone());
+    let command = if req.deliver_at_ms > now_ms {
+        if !replica.is_leader() {
+            // The deliver time is judged by the leader's clock, not this node's.
+            return Err(replica.not_leader());
+        }
+        let delay_max_ms = u64::try_from(ctx.config.delay_max.as_millis()).unwrap_or(u64::MAX);
+        if req.deliver_at_ms - now_ms > delay_max_ms {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "deliver time {} ms since the epoch is {} ms away, beyond delay_max_ms {}",
+                    req.deliver_at_ms,
+                    req.deliver_at_ms - now_ms,
+                    delay_max_ms
+                ),
+            ));
+        }
+        Command::ProduceDelayed {
+            topic: req.topic,
+            partition: req.partition.0,
+            deliver_at_ms: req.deliver_at_ms,
+            batch: batch.bytes().clone(),
+        }
+    } else {
+        Command::Produce {
             topic: req.topic,
             partition: req.partition.0,
             batch: batch.bytes().clone(),
-        })
-        .await?;
+        }
+    };
+    let resp = replica.propose(command).await?;
     match rejected_or(resp)? {
         CommandResponse::Produced { base_offset, count } => {
             ctx.metrics.messages_in.inc_by(u64::from(count));
             ctx.metrics.bytes_in.inc_by(len as u64);
-            Ok(ProduceResponse { base_offset, record_count: count }.to_bytes())
+            if let Some(topic) = &internal {
+                ctx.metrics.groups.count_produced(topic, count);
+            }
+            Ok(ProduceResponse { base_offset, record_count: count, deliver_at_ms: 0 }.to_bytes())
+        }
+        CommandResponse::Scheduled { deliver_at_ms, count } => {
+            ctx.metrics.messages_in.inc_by(u64::from(count));
+            ctx.metrics.bytes_in.inc_by(len as u64);
+            ctx.metrics.delayed.scheduled.inc_by(u64::from(count));
+            if let Some(topic) = &internal {
+                ctx.metrics.groups.count_produced(topic, count);
+            }
+            // No offset yet: the batch gets its offsets when it is appended, once due.
+            let base_offset = ferry_protocol::Offset(0);
+            Ok(ProduceResponse { base_offset, record_count: count, deliver_at_ms }.to_bytes())
         }
         other => Err(err(ErrorCode::Internal, format!("unexpected apply result {other:?}"))),
     }

@@ -22,6 +22,7 @@ use openraft::{
 use super::codec;
 use super::TypeConfig;
 use crate::state::command::CommandResponse;
+use crate::state::delayed::DelayedRecord;
 use crate::state::txn::TxnRecord;
 use crate::state::{
     keys, Applier, BatchResolver, Changes, LogPos, MessageValue, SharedState, StateError,
@@ -298,6 +299,11 @@ fn inline_messages(from: &Path, to: &Path, shared: &SharedState) -> anyhow::Resu
             let mut txn = TxnRecord::decode(Bytes::from(record.value))?;
             txn.batch = MessageValue::Inline(shared.txn_batch(&txn)?);
             writer.record(record.cf, &record.key, &txn.encode())?;
+        } else if record.cf == Cf::Txn && keys::is_delayed_key(&record.key) {
+            // So do delayed messages not yet due.
+            let mut delayed = DelayedRecord::decode(Bytes::from(record.value))?;
+            delayed.batch = MessageValue::Inline(shared.delayed_batch(&delayed)?);
+            writer.record(record.cf, &record.key, &delayed.encode())?;
         } else {
             writer.record(record.cf, &record.key, &record.value)?;
         }
@@ -307,7 +313,7 @@ fn inline_messages(from: &Path, to: &Path, shared: &SharedState) -> anyhow::Resu
     Ok(())
 }
 
-/// Reads the batch of the produce or half-message command at a log position.
+/// Reads the batch of the produce, half-message or delayed-produce command at a log position.
 fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
     use crate::state::command::Command;
     Arc::new(move |pos: LogPos| {
@@ -326,7 +332,11 @@ fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
             _ => None,
         };
         match command {
-            Some(Command::Produce { batch, .. } | Command::PutHalf { batch, .. }) => Ok(batch),
+            Some(
+                Command::Produce { batch, .. }
+                | Command::PutHalf { batch, .. }
+                | Command::ProduceDelayed { batch, .. },
+            ) => Ok(batch),
             _ => Err(StateError::Corrupt(format!("raft log position {pos:?} holds no batch"))),
         }
     })
@@ -467,6 +477,67 @@ mod tests {
         assert_eq!(pending.state, TxnState::Pending);
         assert!(matches!(pending.batch, MessageValue::Inline(_)));
         assert_eq!(shared.txn_batch(&pending).unwrap(), batch("four"));
+    }
+
+    #[test]
+    fn snapshot_carries_a_pending_delayed_message_inline() {
+        let source = MemStore::new();
+        let delayed = |v: &str, deliver_at_ms| Command::ProduceDelayed {
+            topic: "t".into(),
+            partition: 0,
+            deliver_at_ms,
+            batch: batch(v),
+        };
+        let applier = applied(
+            &source,
+            vec![
+                Command::CreateTopic { name: "t".into(), partitions: 1, created_ms: 0 },
+                delayed("alone", 50),
+                // In a merged entry: the record points at (entry, position).
+                Command::Batch(vec![
+                    Command::Produce { topic: "t".into(), partition: 0, batch: batch("now") },
+                    delayed("merged", 60),
+                ]),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw");
+        let out = dir.path().join("out");
+        let mut file = std::fs::File::create(&raw).unwrap();
+        source.export(&mut file).unwrap();
+        inline_messages(&raw, &out, &applier.shared()).unwrap();
+
+        // The receiving node has an empty Raft log: the batches must come from the snapshot.
+        let target = MemStore::new();
+        target.import(&mut std::fs::File::open(&out).unwrap()).unwrap();
+        let empty_log: Arc<dyn LogStore> = Arc::new(MemStore::new());
+        let mut restored =
+            Applier::open(Arc::new(target.clone()), batch_resolver(empty_log)).unwrap();
+        let shared = restored.shared();
+        assert_eq!(shared.delayed_pending().unwrap(), 2);
+        for (id, v) in [(1, "alone"), (2, "merged")] {
+            let record = shared.delayed(id).unwrap().unwrap();
+            assert!(matches!(record.batch, MessageValue::Inline(_)));
+            assert_eq!(shared.delayed_batch(&record).unwrap(), batch(v));
+        }
+        let due = shared.due_timers(60, 10).unwrap();
+        assert_eq!(due.len(), 2, "the timers travel too: {due:?}");
+
+        // Delivered on the receiving node, from the inline bytes.
+        let mut wb = WriteBatch::new();
+        let mut changes = Changes::default();
+        let items = due
+            .iter()
+            .map(|t| crate::state::command::DelayedDue { id: t.id, due_ms: t.due_ms })
+            .collect();
+        restored.apply(10, &Command::DeliverDelayed { items }, &mut wb, &mut changes);
+        target.write(wb).unwrap();
+        restored.publish(&changes);
+        let handle = shared.partition("t", PartitionIndex(0)).unwrap();
+        let batches = shared.read(&handle, Offset(0), 1 << 20).unwrap();
+        let got: Vec<Bytes> = batches.into_iter().map(|b| b.bytes).collect();
+        assert_eq!(got, vec![batch("now"), batch("alone"), batch("merged")]);
+        assert_eq!(shared.delayed_pending().unwrap(), 0);
     }
 
     fn half(v: &str) -> Command {

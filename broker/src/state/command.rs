@@ -15,6 +15,10 @@
 //!   8 PurgeTxns    count:u32 | (txn_id:u64 | due_ms:u64)*
 //!   9 Batch        count:u32 | (len:u32 | command)*     commands merged by the leader into
 //!                                                       one entry; never nested
+//!  10 ProduceDelayed  topic:string | partition:u32 | deliver_at_ms:u64 | batch:bytes
+//!  11 DeliverDelayed  count:u32 | (delayed_id:u64 | due_ms:u64)*
+//!  12 CommitOffsets   group:string | committed_ms:u64
+//!                     | count:u32 | (topic:string | partition:u32 | offset:u64)*
 //! ```
 //!
 //! Times inside commands are stamped by the leader: the state machine reads no clock.
@@ -32,6 +36,9 @@ const TAG_RECORD_CHECKS: u8 = 6;
 const TAG_PARK_TXNS: u8 = 7;
 const TAG_PURGE_TXNS: u8 = 8;
 const TAG_BATCH: u8 = 9;
+const TAG_PRODUCE_DELAYED: u8 = 10;
+const TAG_DELIVER_DELAYED: u8 = 11;
+const TAG_COMMIT_OFFSETS: u8 = 12;
 
 /// Most commands one merged entry may hold (a bound for decoding, too).
 pub const BATCH_COMMANDS_MAX: usize = 4096;
@@ -57,6 +64,26 @@ pub struct TxnDue {
     pub txn_id: TxnId,
     /// The timer's due time.
     pub due_ms: u64,
+}
+
+/// A delayed message and the due time of its timer the leader acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayedDue {
+    /// The delayed message's id.
+    pub id: u64,
+    /// Its timer's due time; a record whose deliver time differs is not delivered.
+    pub due_ms: u64,
+}
+
+/// A consumer group's position in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index inside the topic.
+    pub partition: u32,
+    /// Next offset the group reads.
+    pub offset: u64,
 }
 
 /// A state change proposed through Raft.
@@ -133,6 +160,33 @@ pub enum Command {
     /// Several commands the leader merged into one entry (one log append and fsync for all),
     /// applied in order; each gets its own response.
     Batch(Vec<Command>),
+    /// Store one validated record batch, invisible, and append it to its partition once
+    /// `deliver_at_ms` is due (see [`Command::DeliverDelayed`]).
+    ProduceDelayed {
+        /// Topic name.
+        topic: String,
+        /// Partition index inside the topic.
+        partition: u32,
+        /// When it becomes visible (leader clock, ms since the Unix epoch).
+        deliver_at_ms: u64,
+        /// The batch bytes as the producer built them.
+        batch: Bytes,
+    },
+    /// Append due delayed messages to their partitions, in this order. Idempotent: an id
+    /// already delivered (or whose due time differs) is skipped.
+    DeliverDelayed {
+        /// The messages, with the timer due time the leader acted on.
+        items: Vec<DelayedDue>,
+    },
+    /// Store consumer-group positions (a member's commit or an operator's reset).
+    CommitOffsets {
+        /// Consumer group.
+        group: String,
+        /// Leader clock at the commit.
+        committed_ms: u64,
+        /// Next offset to read, per partition.
+        offsets: Vec<GroupOffset>,
+    },
 }
 
 impl Command {
@@ -202,6 +256,30 @@ impl Command {
                     let len = wire::len_u32(buf.len() - at - 4);
                     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
                 }
+            }
+            Command::ProduceDelayed { topic, partition, deliver_at_ms, batch } => {
+                buf.put_u8(TAG_PRODUCE_DELAYED);
+                wire::put_string(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*deliver_at_ms);
+                wire::put_bytes(buf, batch);
+            }
+            Command::DeliverDelayed { items } => {
+                buf.put_u8(TAG_DELIVER_DELAYED);
+                wire::put_array(buf, items, |b, d| {
+                    b.put_u64(d.id);
+                    b.put_u64(d.due_ms);
+                });
+            }
+            Command::CommitOffsets { group, committed_ms, offsets } => {
+                buf.put_u8(TAG_COMMIT_OFFSETS);
+                wire::put_string(buf, group);
+                buf.put_u64(*committed_ms);
+                wire::put_array(buf, offsets, |b, o| {
+                    wire::put_string(b, &o.topic);
+                    b.put_u32(o.partition);
+                    b.put_u64(o.offset);
+                });
             }
         }
     }
@@ -286,6 +364,31 @@ impl Command {
             TAG_PURGE_TXNS => Command::PurgeTransactions {
                 txns: wire::get_array(buf, "purge.txns", 16, get_txn_due)?,
             },
+            TAG_PRODUCE_DELAYED => Command::ProduceDelayed {
+                topic: wire::get_string(buf, "produce_delayed.topic")?,
+                partition: wire::get_u32(buf, "produce_delayed.partition")?,
+                deliver_at_ms: wire::get_u64(buf, "produce_delayed.deliver_at_ms")?,
+                batch: wire::get_bytes(buf, "produce_delayed.batch")?,
+            },
+            TAG_DELIVER_DELAYED => Command::DeliverDelayed {
+                items: wire::get_array(buf, "deliver_delayed", 16, |b| {
+                    Ok(DelayedDue {
+                        id: wire::get_u64(b, "deliver_delayed.id")?,
+                        due_ms: wire::get_u64(b, "deliver_delayed.due_ms")?,
+                    })
+                })?,
+            },
+            TAG_COMMIT_OFFSETS => Command::CommitOffsets {
+                group: wire::get_string(buf, "commit_offsets.group")?,
+                committed_ms: wire::get_u64(buf, "commit_offsets.committed_ms")?,
+                offsets: wire::get_array(buf, "commit_offsets.offsets", 16, |b| {
+                    Ok(GroupOffset {
+                        topic: wire::get_string(b, "commit_offsets.topic")?,
+                        partition: wire::get_u32(b, "commit_offsets.partition")?,
+                        offset: wire::get_u64(b, "commit_offsets.offset")?,
+                    })
+                })?,
+            },
             other => {
                 return Err(DecodeError::Invalid {
                     what: "command.tag",
@@ -310,6 +413,11 @@ impl Command {
             }
             Command::Batch(commands) => {
                 8 + commands.iter().map(|c| 4 + c.encoded_len_hint()).sum::<usize>()
+            }
+            Command::ProduceDelayed { topic, batch, .. } => 24 + topic.len() + batch.len(),
+            Command::DeliverDelayed { items } => 8 + 16 * items.len(),
+            Command::CommitOffsets { group, offsets, .. } => {
+                16 + group.len() + offsets.iter().map(|o| 16 + o.topic.len()).sum::<usize>()
             }
         }
     }
@@ -364,6 +472,22 @@ pub enum CommandResponse {
         /// Its state.
         state: TxnState,
     },
+    /// A delayed batch was stored; it is appended to its partition once due.
+    Scheduled {
+        /// When it becomes visible.
+        deliver_at_ms: u64,
+        /// Records in it.
+        count: u32,
+    },
+    /// Due delayed messages were handled.
+    DelayedDelivered {
+        /// Batches appended by this command (ids already delivered are not counted).
+        batches: u32,
+        /// Records in them.
+        records: u64,
+        /// Messages dropped because their topic was deleted meanwhile.
+        dropped: u32,
+    },
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
     /// The command was valid Raft-wise but refused by the state machine (e.g. unknown topic).
@@ -414,6 +538,14 @@ mod tests {
                 txns: vec![TxnDue { txn_id: TxnId(1), due_ms: 2 }],
             },
             Command::PurgeTransactions { txns: vec![TxnDue { txn_id: TxnId(8), due_ms: 7 }] },
+            Command::CommitOffsets {
+                group: "g".into(),
+                committed_ms: 5,
+                offsets: vec![
+                    GroupOffset { topic: "t".into(), partition: 1, offset: 9 },
+                    GroupOffset { topic: "__retry.g.t".into(), partition: 0, offset: 0 },
+                ],
+            },
             Command::Batch(vec![
                 Command::DeleteTopic { name: "a".into() },
                 Command::Produce {
@@ -422,12 +554,51 @@ mod tests {
                     batch: Bytes::from_static(b"z"),
                 },
             ]),
+            Command::ProduceDelayed {
+                topic: "d".into(),
+                partition: 4,
+                deliver_at_ms: 1_700_000_000_000,
+                batch: Bytes::from_static(b"later"),
+            },
+            Command::DeliverDelayed {
+                items: vec![DelayedDue { id: 1, due_ms: 5 }, DelayedDue { id: 2, due_ms: 5 }],
+            },
+            Command::DeliverDelayed { items: vec![] },
+            Command::Batch(vec![
+                Command::ProduceDelayed {
+                    topic: "d".into(),
+                    partition: 0,
+                    deliver_at_ms: 9,
+                    batch: Bytes::from_static(b"z"),
+                },
+                Command::DeliverDelayed { items: vec![DelayedDue { id: 7, due_ms: 8 }] },
+            ]),
         ] {
             let mut buf = BytesMut::new();
             c.encode(&mut buf);
             let mut bytes = buf.freeze();
             assert_eq!(Command::decode(&mut bytes).unwrap(), c);
             assert!(bytes.is_empty());
+        }
+    }
+
+    #[test]
+    fn truncated_delayed_commands_are_refused() {
+        for c in [
+            Command::ProduceDelayed {
+                topic: "d".into(),
+                partition: 1,
+                deliver_at_ms: 2,
+                batch: Bytes::from_static(b"abc"),
+            },
+            Command::DeliverDelayed { items: vec![DelayedDue { id: 1, due_ms: 2 }] },
+        ] {
+            let mut buf = BytesMut::new();
+            c.encode(&mut buf);
+            let whole = buf.freeze();
+            for cut in 0..whole.len() {
+                assert!(Command::decode(&mut whole.slice(..cut)).is_err(), "{c:?} cut at {cut}");
+            }
         }
     }
 

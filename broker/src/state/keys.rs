@@ -22,6 +22,12 @@ pub const NEXT_PARTITION_ID: [u8; 1] = [0x03];
 /// ```
 pub const NEXT_TXN_ID: [u8; 1] = [0x04];
 
+/// ```text
+/// state CF: [0x05]                → next delayed-message id: u64be | delayed pending: u64be
+/// ```
+/// One key for both counters: every `ProduceDelayed` moves both, so one value is one write.
+pub const DELAYED_COUNTERS: [u8; 1] = [0x05];
+
 const GROUP_TXN_PREFIX: u8 = 0x12;
 
 const TOPIC_PREFIX: u8 = 0x10;
@@ -195,6 +201,23 @@ pub fn is_txn_record_key(key: &[u8]) -> bool {
     key.len() == 9 && key[0] == TXN_RECORD_PREFIX
 }
 
+const DELAYED_PREFIX: u8 = 0x04;
+
+/// ```text
+/// txn CF: [0x04] | delayed_id:u64be → DelayedRecord (one per delayed message not yet due)
+/// ```
+/// Kept with the half messages: both are invisible batches waiting for a timer.
+pub fn delayed_key(id: u64) -> [u8; 9] {
+    let mut k = [DELAYED_PREFIX, 0, 0, 0, 0, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// True for a delayed-message record key.
+pub fn is_delayed_key(key: &[u8]) -> bool {
+    key.len() == 9 && key[0] == DELAYED_PREFIX
+}
+
 /// What a timer does when it fires. On disk; append-only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -203,6 +226,8 @@ pub enum TimerKind {
     TxnCheck = 1,
     /// Forget a decided transaction after its retention period.
     TxnPurge = 2,
+    /// Append a delayed message to its partition (the id is a delayed-message id).
+    DelayedDelivery = 3,
 }
 
 impl TimerKind {
@@ -210,6 +235,7 @@ impl TimerKind {
         match v {
             1 => Some(TimerKind::TxnCheck),
             2 => Some(TimerKind::TxnPurge),
+            3 => Some(TimerKind::DelayedDelivery),
             _ => None,
         }
     }
@@ -222,7 +248,7 @@ pub struct Timer {
     pub due_ms: u64,
     /// What to do.
     pub kind: TimerKind,
-    /// The subject (a transaction id).
+    /// The subject: a transaction id, or a delayed-message id for `DelayedDelivery`.
     pub id: u64,
 }
 
@@ -295,6 +321,20 @@ mod tests {
         assert!(txn_open_key(5).as_slice() < s.as_slice());
         assert!(txn_key(u64::MAX) < txn_open_key(0));
         assert_eq!(group_txn_name(&group_txn_key("g1")).unwrap(), "g1");
+    }
+
+    #[test]
+    fn delayed_keys_stay_apart_from_transactions_and_timers_round_trip() {
+        assert!(is_delayed_key(&delayed_key(5)));
+        assert!(!is_txn_record_key(&delayed_key(5)) && !is_delayed_key(&txn_key(5)));
+        assert!(txn_id_of(&delayed_key(5)).is_err());
+        // Above every transaction key, so transaction scans never meet a delayed record.
+        assert!(txn_dedup_key(u64::MAX, u32::MAX).as_slice() < delayed_key(0).as_slice());
+        let t = Timer { due_ms: 9, kind: TimerKind::DelayedDelivery, id: 3 };
+        assert_eq!(Timer::from_key(&t.key()).unwrap(), t);
+        // Same due time: ordered by id, so messages due together keep their production order.
+        let later = Timer { id: 4, ..t };
+        assert!(t.key() < later.key());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! `RwLock` section. Apply is deterministic: no clock, no randomness.
 
 pub mod command;
+pub mod delayed;
+pub mod groups;
 pub mod keys;
 pub mod txn;
 
@@ -221,6 +223,8 @@ pub struct Meta {
     /// Id the next half message gets (ids start at 1).
     next_txn_id: u64,
     groups: BTreeMap<String, GroupCounts>,
+    /// Next delayed-message id and how many are pending.
+    delayed: delayed::DelayedCounters,
 }
 
 impl Meta {
@@ -245,6 +249,7 @@ impl Meta {
             meta.partitions.insert(id, PartitionRecord::decode(v).map_err(corrupt)?);
         }
         meta.groups = txn::load_group_counts(store)?;
+        meta.delayed = delayed::load_counters(store)?;
         Ok(meta)
     }
 }
@@ -292,6 +297,9 @@ pub struct Applier {
     txn_overlay: HashMap<u64, Option<TxnRecord>>,
     /// The same for `SendHalf` dedup entries: (producer id, sequence) → transaction id.
     dedup_overlay: HashMap<(u64, u32), u64>,
+    /// The same for delayed-message records (`None`: delivered), so a repeated delivery in
+    /// the same call finds the message gone.
+    delayed_overlay: HashMap<u64, Option<delayed::DelayedRecord>>,
 }
 
 impl Applier {
@@ -310,6 +318,7 @@ impl Applier {
             shared,
             txn_overlay: HashMap::new(),
             dedup_overlay: HashMap::new(),
+            delayed_overlay: HashMap::new(),
         })
     }
 
@@ -328,6 +337,7 @@ impl Applier {
         self.meta = Meta::load(self.store.as_ref())?;
         self.txn_overlay.clear();
         self.dedup_overlay.clear();
+        self.delayed_overlay.clear();
         self.shared.publish_all(&self.meta);
         Ok(())
     }
@@ -409,6 +419,13 @@ impl Applier {
                 self.park_transactions(*parked_ms, txns, batch, changes)
             }
             Command::PurgeTransactions { txns } => self.purge_transactions(txns, batch),
+            Command::ProduceDelayed { topic, partition, deliver_at_ms, batch: bytes } => {
+                self.produce_delayed(pos, topic, *partition, *deliver_at_ms, bytes, batch, changes)
+            }
+            Command::DeliverDelayed { items } => self.deliver_delayed(items, batch, changes),
+            Command::CommitOffsets { group, committed_ms, offsets } => {
+                self.commit_offsets(group, *committed_ms, offsets, batch)
+            }
         }
     }
 
@@ -488,6 +505,14 @@ impl Applier {
         batch: &mut WriteBatch,
         changes: &mut Changes,
     ) -> CommandResponse {
+        if !self.meta.topics.contains_key(name) {
+            return rejected(ErrorCode::UnknownTopic, format!("unknown topic {name}"));
+        }
+        if let Err(e) = self.forget_offsets_of_topic(name, batch) {
+            // Apply must stay deterministic: a store read error is not a refusal. Positions
+            // left behind are harmless (consumers clamp them to the partition's bounds).
+            tracing::error!(error = %e, topic = name, "could not read group positions");
+        }
         let Some(record) = self.meta.topics.remove(name) else {
             return rejected(ErrorCode::UnknownTopic, format!("unknown topic {name}"));
         };
@@ -533,6 +558,7 @@ impl Applier {
     pub fn publish(&mut self, changes: &Changes) {
         self.txn_overlay.clear();
         self.dedup_overlay.clear();
+        self.delayed_overlay.clear();
         self.shared.publish(&self.meta, changes);
     }
 }

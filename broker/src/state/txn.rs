@@ -191,7 +191,7 @@ impl GroupCounts {
 }
 
 /// Adds a timer and notes its due time, so the coordinator's scan cursor can move back to it.
-fn put_timer(timer: Timer, batch: &mut WriteBatch, changes: &mut Changes) {
+pub(super) fn put_timer(timer: Timer, batch: &mut WriteBatch, changes: &mut Changes) {
     batch.put(Cf::Timers, timer.key().to_vec(), Bytes::new());
     changes.timer_low_ms = Some(changes.timer_low_ms.map_or(timer.due_ms, |t| t.min(timer.due_ms)));
 }

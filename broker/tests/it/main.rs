@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod delayed;
+mod groups;
 mod harness;
 mod membership;
 mod single;

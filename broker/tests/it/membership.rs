@@ -33,6 +33,7 @@ async fn node_joins_as_voter_and_is_removed() {
                 topic: "m".into(),
                 partition: PartitionIndex(0),
                 batch: one_record_batch(&format!("v{i}")),
+                deliver_at_ms: 0,
             })
             .await
             .unwrap();
@@ -59,6 +60,7 @@ async fn node_joins_as_voter_and_is_removed() {
                 topic: "m".into(),
                 partition: PartitionIndex(0),
                 batch: big.clone(),
+                deliver_at_ms: 0,
             })
             .await
             .unwrap();
@@ -91,6 +93,7 @@ async fn node_joins_as_voter_and_is_removed() {
             topic: "m".into(),
             partition: PartitionIndex(0),
             batch: one_record_batch("after"),
+            deliver_at_ms: 0,
         })
         .await
         .unwrap();

@@ -69,6 +69,7 @@ async fn produce_fetch_round_trip_and_topic_lifecycle() {
         topic: "t1".into(),
         partition: PartitionIndex(1),
         batch: batch(values),
+        deliver_at_ms: 0,
     };
     let r1 = conn.call(&produce(&["a", "b", "c"])).await.unwrap();
     assert_eq!((r1.base_offset, r1.record_count), (Offset(0), 3));
@@ -142,6 +143,7 @@ async fn long_poll_fetch_wakes_on_produce() {
         topic: "lp".into(),
         partition: PartitionIndex(0),
         batch: batch(&["hi"]),
+        deliver_at_ms: 0,
     })
     .await
     .unwrap();
@@ -179,6 +181,7 @@ async fn bad_requests_get_typed_errors() {
             topic: "e".into(),
             partition: PartitionIndex(0),
             batch: Bytes::from(bytes),
+            deliver_at_ms: 0,
         })
         .await;
     assert_eq!(r.unwrap_err().code(), Some(ErrorCode::CorruptBatch));
@@ -188,6 +191,7 @@ async fn bad_requests_get_typed_errors() {
             topic: "e".into(),
             partition: PartitionIndex(5),
             batch: batch(&["x"]),
+            deliver_at_ms: 0,
         })
         .await;
     assert_eq!(r.unwrap_err().code(), Some(ErrorCode::UnknownPartition));
@@ -225,6 +229,7 @@ async fn admin_endpoints_report_health_and_metrics() {
         topic: "m".into(),
         partition: PartitionIndex(0),
         batch: batch(&["a", "b"]),
+        deliver_at_ms: 0,
     })
     .await
     .unwrap();

@@ -1,12 +1,19 @@
 //! `ferryctl consume TOPIC`: reads through [`ferry_consumer::Consumer`] and prints each message
 //! (its value, or a JSON object per line) until `--count`, `--idle-timeout`, Ctrl-C, or a
 //! closed stdout.
+//!
+//! With `--group` it reads through [`ferry_consumer::GroupConsumer`] as a member of the group
+//! and settles each message only once stdout took it (after the flush): ack, or nack with
+//! `--nack`. A message not printed is left unsettled, so the group gets it again.
 
 use std::io::{BufWriter, Write};
 use std::time::Duration;
 
-use ferry_consumer::{ConsumedMessage, Consumer, ConsumerConfig};
-use ferry_protocol::PartitionIndex;
+use bytes::Bytes;
+use ferry_consumer::{
+    ConsumedMessage, Consumer, ConsumerConfig, ConsumerError, Delivery, GroupConfig, GroupConsumer,
+};
+use ferry_protocol::{Offset, PartitionIndex};
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
 
@@ -27,6 +34,9 @@ struct JsonMessage<'a> {
     headers: Vec<JsonHeader<'a>>,
     value: String,
     value_encoding: &'static str,
+    /// Delivery attempt (with `--group` only): 1 for a first delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,17 +48,51 @@ struct JsonHeader<'a> {
 
 impl<'a> JsonMessage<'a> {
     fn new(m: &'a ConsumedMessage) -> Self {
-        let key = m.key.as_deref().map(text_or_base64);
-        let (value, value_encoding) = text_or_base64(&m.value);
+        Self::of(
+            &m.topic,
+            m.partition,
+            m.offset,
+            m.timestamp_ms,
+            m.key.as_deref(),
+            &m.headers,
+            &m.value,
+        )
+    }
+
+    /// A group delivery: where the message was first produced, and its attempt.
+    fn of_delivery(d: &'a Delivery) -> Self {
+        let mut json = Self::of(
+            &d.topic,
+            d.partition,
+            d.offset,
+            d.timestamp_ms,
+            d.key.as_deref(),
+            &d.headers,
+            &d.value,
+        );
+        json.attempt = Some(d.attempt);
+        json
+    }
+
+    fn of(
+        topic: &'a str,
+        partition: PartitionIndex,
+        offset: Offset,
+        timestamp_ms: u64,
+        key: Option<&[u8]>,
+        headers: &'a [(String, Bytes)],
+        value: &[u8],
+    ) -> Self {
+        let key = key.map(text_or_base64);
+        let (value, value_encoding) = text_or_base64(value);
         JsonMessage {
-            topic: &m.topic,
-            partition: m.partition.0,
-            offset: m.offset.0,
-            timestamp_ms: m.timestamp_ms,
+            topic,
+            partition: partition.0,
+            offset: offset.0,
+            timestamp_ms,
             key_encoding: key.as_ref().map(|(_, e)| *e),
             key: key.map(|(k, _)| k),
-            headers: m
-                .headers
+            headers: headers
                 .iter()
                 .map(|(name, v)| {
                     let (value, encoding) = text_or_base64(v);
@@ -57,6 +101,7 @@ impl<'a> JsonMessage<'a> {
                 .collect(),
             value,
             value_encoding,
+            attempt: None,
         }
     }
 }
@@ -67,6 +112,9 @@ impl<'a> JsonMessage<'a> {
 /// When the topic, partition or offset does not exist, the cluster stays unreachable, or
 /// stdout fails (a closed pipe is a normal end, not an error).
 pub async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = args.group.clone() {
+        return run_group(ctx, &args, group).await;
+    }
     let mut config = ConsumerConfig::new(ctx.bootstrap.clone(), args.topic.clone());
     config.client_id = CLIENT_ID.into();
     config.retry_deadline = ctx.timeout;
@@ -114,6 +162,104 @@ pub async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> {
     outcome.and(flushed)
 }
 
+/// Deliveries printed but not yet flushed, and so not yet settled; at this many the output is
+/// flushed and they are settled (below the group consumer's in-flight window, so reading never
+/// stalls waiting for them).
+const PRINTED_UNSETTLED_MAX: usize = 256;
+
+/// How long leaving the group waits for unsettled deliveries: this command settles what it
+/// printed at once, so whatever is still unsettled was never printed and is given back to be
+/// delivered again (from the last commit, with no attempt counted).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last error recorded on messages rejected with `--nack`.
+const NACK_REASON: &str = "rejected by ferryctl consume --nack";
+
+/// `consume TOPIC --group G [--nack]`: the same loop as [`run`], settling printed messages
+/// after each flush.
+async fn run_group(ctx: &Context, args: &ConsumeArgs, group: String) -> anyhow::Result<()> {
+    let mut config = GroupConfig::new(ctx.bootstrap.clone(), group, args.topic.clone());
+    config.client_id = CLIENT_ID.into();
+    config.retry_deadline = ctx.timeout;
+    config.start = args.from;
+    config.drain_timeout = DRAIN_TIMEOUT;
+    let json = args.json || ctx.format == Format::Json;
+    let mut consumer = GroupConsumer::subscribe(config).await?;
+
+    let mut out = BufWriter::new(std::io::stdout());
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut printed: u64 = 0;
+    let mut unsettled: Vec<Delivery> = Vec::new();
+    let outcome: anyhow::Result<()> = loop {
+        if args.count.is_some_and(|count| printed >= count) {
+            break Ok(());
+        }
+        let ready = if unsettled.len() >= PRINTED_UNSETTLED_MAX {
+            None
+        } else {
+            consumer.next().now_or_never()
+        };
+        let item = match ready {
+            Some(item) => item,
+            None => {
+                match out.flush() {
+                    Ok(()) => {
+                        if let Err(e) = settle(&mut unsettled, args.nack).await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break stdout_failure(e),
+                }
+                tokio::select! {
+                    _ = &mut ctrl_c => break Ok(()),
+                    () = idle(args.idle_timeout) => break Ok(()),
+                    item = consumer.next() => item,
+                }
+            }
+        };
+        match item {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(anyhow::Error::new(e)),
+            Some(Ok(delivery)) => {
+                if let Err(e) = write_delivery(&mut out, &delivery, json) {
+                    break stdout_failure(e);
+                }
+                unsettled.push(delivery);
+                printed += 1;
+            }
+        }
+    };
+    // Settle only what stdout took; the rest is dropped unsettled and given back on close.
+    let finished = match out.flush() {
+        Ok(()) => settle(&mut unsettled, args.nack).await,
+        Err(e) => stdout_failure(e),
+    };
+    unsettled.clear();
+    consumer.close().await;
+    outcome.and(finished)
+}
+
+/// Acks (or with `nack` rejects) every printed delivery. One already settled by its ack
+/// timeout is left alone: the group gets it again anyway.
+async fn settle(printed: &mut Vec<Delivery>, nack: bool) -> anyhow::Result<()> {
+    for delivery in printed.drain(..) {
+        if !nack {
+            delivery.ack();
+            continue;
+        }
+        let (offset, partition) = (delivery.offset, delivery.partition);
+        match delivery.nack_because(None, NACK_REASON).await {
+            Ok(()) | Err(ConsumerError::Settled) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot nack the message at {partition}@{offset}")))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Resolves after `timeout`, or never.
 async fn idle(timeout: Option<Duration>) {
     match timeout {
@@ -131,6 +277,17 @@ fn stdout_failure(error: std::io::Error) -> anyhow::Result<()> {
     }
 }
 
+fn write_delivery(out: &mut impl Write, d: &Delivery, json: bool) -> std::io::Result<()> {
+    if json {
+        let line =
+            serde_json::to_string(&JsonMessage::of_delivery(d)).map_err(std::io::Error::other)?;
+        out.write_all(line.as_bytes())?;
+    } else {
+        out.write_all(&d.value)?;
+    }
+    out.write_all(b"\n")
+}
+
 fn write_message(out: &mut impl Write, m: &ConsumedMessage, json: bool) -> std::io::Result<()> {
     if json {
         let line = serde_json::to_string(&JsonMessage::new(m)).map_err(std::io::Error::other)?;
@@ -144,8 +301,6 @@ fn write_message(out: &mut impl Write, m: &ConsumedMessage, json: bool) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use ferry_protocol::Offset;
     use std::sync::Arc;
 
     fn message(key: Option<&'static [u8]>, value: &'static [u8]) -> ConsumedMessage {
@@ -199,6 +354,47 @@ mod tests {
         write_message(&mut out, &message(None, b"a b"), false).unwrap();
         write_message(&mut out, &message(None, b""), false).unwrap();
         assert_eq!(out, b"a b\n\n");
+    }
+
+    #[test]
+    fn group_flags_parse() {
+        use crate::cli::{Cli, Command};
+        use clap::error::ErrorKind;
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("ferryctl").chain(args.iter().copied()))
+        };
+        match parse(&["consume", "t", "--group", "billing", "--nack", "--count", "1"])
+            .unwrap()
+            .command
+        {
+            Command::Consume(a) => {
+                assert_eq!((a.group.as_deref(), a.nack, a.count), (Some("billing"), true, Some(1)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["consume", "t"]).unwrap().command {
+            Command::Consume(a) => assert!(a.group.is_none() && !a.nack),
+            other => panic!("{other:?}"),
+        }
+        let kind = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(kind(&["consume", "t", "--nack"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind(&["consume", "t", "--group", "g", "--partition", "1"]),
+            ErrorKind::ArgumentConflict,
+            "the leader assigns a member's partitions"
+        );
+        assert_eq!(kind(&["consume", "t", "--group", "a.b"]), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn only_group_deliveries_carry_an_attempt() {
+        let m = message(None, b"v");
+        let plain = serde_json::to_value(JsonMessage::new(&m)).unwrap();
+        assert!(plain.get("attempt").is_none());
+        let mut json = JsonMessage::new(&m);
+        json.attempt = Some(3);
+        assert_eq!(serde_json::to_value(json).unwrap()["attempt"], 3);
     }
 
     #[test]

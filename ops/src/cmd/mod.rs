@@ -3,6 +3,8 @@
 
 pub mod cluster;
 pub mod consume;
+pub mod dlq;
+pub mod group;
 pub mod produce;
 pub mod topic;
 pub mod txn;
@@ -12,6 +14,8 @@ use std::time::Duration;
 use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions};
 
 use crate::cli::{Cli, ClusterCommand, Command, TopicCommand, TxnCommand};
+use crate::cmd::dlq::DlqCommand;
+use crate::cmd::group::GroupCommand;
 use crate::output::Format;
 
 /// Client identity in handshakes.
@@ -77,5 +81,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Txn(TxnCommand::Commit { id }) => txn::commit(&ctx, id).await,
         Command::Txn(TxnCommand::Rollback { id }) => txn::rollback(&ctx, id).await,
         Command::Txn(TxnCommand::Stats) => txn::stats(&ctx).await,
+        Command::Group(GroupCommand::List(json)) => group::list(&ctx, json).await,
+        Command::Group(GroupCommand::Describe { group, json }) => {
+            group::describe(&ctx, &group, json).await
+        }
+        Command::Group(GroupCommand::ResetOffsets(args)) => group::reset_offsets(&ctx, &args).await,
+        Command::Dlq(DlqCommand::List(args)) => dlq::list(&ctx, &args).await,
+        Command::Dlq(DlqCommand::Replay(args)) => dlq::replay(&ctx, &args).await,
+        Command::Dlq(DlqCommand::Purge(args)) => dlq::purge(&ctx, &args).await,
     }
 }

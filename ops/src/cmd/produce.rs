@@ -1,6 +1,10 @@
 //! `ferryctl produce TOPIC`: publishes stdin lines (or generated messages) through
 //! [`ferry_producer::Producer`] and reports how many were acknowledged and how fast.
 //!
+//! With `--delay` or `--deliver-at` every message carries one deliver time (a delay counts
+//! from the start of the command, so the messages share batches): the broker stores them
+//! invisible and appends them when due, and the report says they were scheduled and for when.
+//!
 //! Sending and acknowledging run side by side: the send loop hands each delivery future to a
 //! collector task through a bounded channel, so up to `ACKS_PENDING_MAX` messages are in the
 //! air while earlier ones are still being acknowledged.
@@ -11,15 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context as _};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_producer::{DeliveryFuture, Message, Producer, ProducerConfig, ProducerError};
-use ferry_protocol::PartitionIndex;
+use ferry_protocol::{now_ms, PartitionIndex};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::cli::ProduceArgs;
 use crate::cmd::{Context, CLIENT_ID};
-use crate::duration::format_duration;
-use crate::output::{format_bytes, print_json, print_text, Format};
+use crate::duration::{format_duration, format_span};
+use crate::output::{format_bytes, format_timestamp_ms, print_json, print_text, Format};
 
 /// Lines read ahead of the producer.
 const LINES_QUEUED_MAX: usize = 1024;
@@ -41,6 +45,10 @@ struct Pending {
 struct Tally {
     acked: u64,
     acked_bytes: u64,
+    /// Of the acknowledged: scheduled for later rather than appended.
+    scheduled: u64,
+    /// The latest deliver time among the scheduled.
+    deliver_at_ms: Option<u64>,
     failed: u64,
     first_error: Option<ProducerError>,
 }
@@ -55,6 +63,12 @@ struct Summary<'a> {
     elapsed_ms: u64,
     messages_per_sec: f64,
     bytes_per_sec: f64,
+    /// Of `messages`: stored for later delivery rather than appended.
+    scheduled: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<String>,
 }
 
 /// The fixed parts of every message.
@@ -62,6 +76,8 @@ struct Shape {
     key: Option<Bytes>,
     key_sep: Option<Vec<u8>>,
     partition: Option<PartitionIndex>,
+    /// Deliver time of every message (ms since the Unix epoch), if delayed.
+    deliver_at_ms: Option<u64>,
 }
 
 /// Runs `produce`.
@@ -82,10 +98,13 @@ pub async fn run(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> {
             args.topic
         );
     }
+    // Read once: every message of the run shares the deliver time, and so its batches.
+    let delay_ms = args.delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let shape = Shape {
         key: args.key.clone().map(Bytes::from),
         key_sep: args.key_sep.clone().map(String::into_bytes),
         partition: args.partition.map(PartitionIndex),
+        deliver_at_ms: delay_ms.map(|ms| now_ms().saturating_add(ms)).or(args.deliver_at),
     };
 
     let progress = progress_bar(args.count);
@@ -189,6 +208,7 @@ fn line_message(line: Bytes, shape: &Shape) -> Message {
         }
     };
     message.partition = shape.partition;
+    message.deliver_at_ms = shape.deliver_at_ms;
     message
 }
 
@@ -204,6 +224,7 @@ async fn send_generated(
         let mut message = Message::new(generated_value(seq, size));
         message.key = shape.key.clone();
         message.partition = shape.partition;
+        message.deliver_at_ms = shape.deliver_at_ms;
         send_one(producer, topic, message, acks).await?;
     }
     Ok(())
@@ -240,9 +261,13 @@ async fn collect(mut pending: mpsc::Receiver<Pending>, progress: Option<Progress
     let mut tally = Tally::default();
     while let Some(p) = pending.recv().await {
         match p.delivery.await {
-            Ok(_) => {
+            Ok(delivered) => {
                 tally.acked += 1;
                 tally.acked_bytes += p.value_bytes as u64;
+                if let Some(at) = delivered.deliver_at_ms {
+                    tally.scheduled += 1;
+                    tally.deliver_at_ms = Some(tally.deliver_at_ms.map_or(at, |t| t.max(at)));
+                }
             }
             Err(e) => {
                 tally.failed += 1;
@@ -291,21 +316,56 @@ fn report(ctx: &Context, topic: &str, tally: &Tally, elapsed: Duration) -> anyho
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             messages_per_sec,
             bytes_per_sec,
+            scheduled: tally.scheduled,
+            deliver_at_ms: tally.deliver_at_ms,
+            deliver_at: tally.deliver_at_ms.map(format_timestamp_ms),
         }),
-        Format::Text => {
-            let failed = match tally.failed {
-                0 => String::new(),
-                n => format!(", {n} failed"),
-            };
-            print_text(&format!(
-                "produced {} messages ({}) to {topic} in {}: {messages_per_sec:.0} msgs/s, {}/s{failed}\n",
-                tally.acked,
-                format_bytes(tally.acked_bytes),
-                format_duration(elapsed),
-                format_bytes(bytes_per_sec as u64),
-            ))
-        }
+        Format::Text => print_text(&text_report(
+            topic,
+            tally,
+            elapsed,
+            messages_per_sec,
+            bytes_per_sec,
+            now_ms(),
+        )),
     }
+}
+
+/// The text summary; delayed messages are reported as scheduled, with their deliver time.
+fn text_report(
+    topic: &str,
+    tally: &Tally,
+    elapsed: Duration,
+    messages_per_sec: f64,
+    bytes_per_sec: f64,
+    now_ms: u64,
+) -> String {
+    let failed = match tally.failed {
+        0 => String::new(),
+        n => format!(", {n} failed"),
+    };
+    let verb = match (tally.scheduled, tally.acked) {
+        (0, _) => "produced",
+        (s, a) if s == a => "scheduled",
+        _ => "produced (some scheduled)",
+    };
+    let mut out = format!(
+        "{verb} {} messages ({}) to {topic} in {}: {messages_per_sec:.0} msgs/s, {}/s{failed}\n",
+        tally.acked,
+        format_bytes(tally.acked_bytes),
+        format_duration(elapsed),
+        format_bytes(bytes_per_sec as u64),
+    );
+    if let Some(at) = tally.deliver_at_ms {
+        let wait = Duration::from_millis(at.saturating_sub(now_ms));
+        out.push_str(&format!(
+            "{} messages are stored and invisible until {} (in {}), then appended to {topic}\n",
+            tally.scheduled,
+            format_timestamp_ms(at),
+            format_span(wait),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -317,7 +377,41 @@ mod tests {
             key: key.map(|k| Bytes::from(k.to_string())),
             key_sep: sep.map(|s| s.as_bytes().to_vec()),
             partition: Some(PartitionIndex(1)),
+            deliver_at_ms: None,
         }
+    }
+
+    #[test]
+    fn messages_carry_the_deliver_time_and_the_report_says_when() {
+        let mut delayed = shape(None, None);
+        delayed.deliver_at_ms = Some(1_700_000_030_000);
+        let m = line_message(Bytes::from_static(b"later"), &delayed);
+        assert_eq!(m.deliver_at_ms, Some(1_700_000_030_000));
+        assert_eq!(
+            line_message(Bytes::from_static(b"now"), &shape(None, None)).deliver_at_ms,
+            None
+        );
+
+        let tally = Tally {
+            acked: 2,
+            acked_bytes: 10,
+            scheduled: 2,
+            deliver_at_ms: Some(1_700_000_030_000),
+            ..Tally::default()
+        };
+        let text = text_report(
+            "orders",
+            &tally,
+            Duration::from_millis(20),
+            100.0,
+            500.0,
+            1_700_000_000_000,
+        );
+        assert!(text.starts_with("scheduled 2 messages (10 B) to orders"), "{text}");
+        assert!(text.contains("invisible until 2023-11-14T22:13:50.000Z (in 30s)"), "{text}");
+        let plain = Tally { acked: 1, acked_bytes: 3, ..Tally::default() };
+        let text = text_report("orders", &plain, Duration::from_millis(20), 50.0, 150.0, 0);
+        assert!(text.starts_with("produced 1 messages") && !text.contains("invisible"), "{text}");
     }
 
     #[test]

@@ -151,6 +151,10 @@ async fn routing_errors_and_limits() {
     let big = producer.send_half("orders", Message::new(vec![0u8; 2000])).await;
     assert!(matches!(big, Err(ProducerError::MessageTooLarge { max_bytes: 1024, .. })));
     assert_eq!(fake.state().metadata_requests, 0, "refused before any request");
+    let delayed = Message::new("v").with_delay(Duration::from_secs(5));
+    let delayed = producer.send_half("orders", delayed).await;
+    assert!(matches!(delayed, Err(ProducerError::InvalidMessage(_))), "{delayed:?}");
+    assert_eq!(fake.state().metadata_requests, 0, "refused before any request");
 
     let unknown = producer.send_half("nope", Message::new("v")).await;
     assert!(matches!(unknown, Err(ProducerError::UnknownTopic { .. })), "{unknown:?}");
