@@ -20,6 +20,13 @@ pub const TXN_IN_FLIGHT_MAX: u64 = 100_000;
 /// Producer group of the bench's transactional producers when `--group` is not given.
 pub const TXN_GROUP_DEFAULT: &str = "bench";
 
+/// Longest topic name the broker takes; a consumer group's retry topic
+/// (`__retry.<group>.<topic>`) must fit too.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Delay a nacked delivery asks for when `--nack-delay` is not given (consume --group).
+pub const NACK_DELAY_DEFAULT: Duration = Duration::from_millis(100);
+
 /// Load generator for ferrymq, with the same workloads against NATS JetStream for comparison.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -29,7 +36,15 @@ pub const TXN_GROUP_DEFAULT: &str = "bench";
     long_about = "ferrymq load generator (and the same workloads against NATS JetStream).\n\n\
         produce: send messages, measure throughput and send->ack latency.\n\
         consume: read --count messages from the earliest offset (default: all present); \
-        the clock starts before the readers connect.\n\
+        the clock starts before the readers connect. With --group G (ferrymq only): read as \
+        --concurrency members of consumer group G, acking every delivery; --nack-ratio nacks \
+        that fraction of first deliveries (redelivered through the group's retry topic after \
+        --nack-delay) and acks the redelivery. A group resumes from its committed positions: \
+        a fresh group name reads from the earliest offset, a used one only what it has not \
+        read yet. Counts each message once (at its first ack) and reports deliveries, \
+        redeliveries and duplicates, per member too. The leader rebalances as members join, \
+        on their heartbeats (every second): a short run may be read by the first member \
+        alone, as its per-member counts then show.\n\
         e2e:     produce and consume at once; latency from send to receipt.\n\
         txn:     transactions (ferrymq only): half send, --local-work (a sleep), then commit, \
         or rollback for a --rollback-ratio fraction; --transactions-in-flight open at once \
@@ -101,7 +116,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
 
-    /// Producer (and consumer) instances, each with its own connection and task.
+    /// Producer (and consumer) instances, each with its own connection and task (consume
+    /// --group: members of the group).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub concurrency: u64,
 
@@ -131,8 +147,12 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub idle_timeout: Duration,
 
-    /// Producer group the transactional producers join (txn; default "bench"). Check-backs
-    /// go to any live member of the group.
+    /// txn: producer group the transactional producers join (default "bench"); check-backs
+    /// go to any live member of the group. consume: read as members of this consumer group
+    /// (ferrymq only), one per --concurrency, acking every delivery. The group resumes from
+    /// its committed positions, so a fresh group name reads from the earliest offset and a
+    /// used one only what it has not read yet; each group also creates its retry and
+    /// dead-letter topics (`__retry.<group>.<topic>`, `__dlq.<group>`).
     #[arg(long)]
     pub group: Option<String>,
 
@@ -151,6 +171,17 @@ pub struct Args {
     #[arg(long, value_parser = parse_ratio)]
     pub rollback_ratio: Option<f64>,
 
+    /// Fraction of first deliveries nacked, 0..=1, spread evenly per member (consume --group;
+    /// default 0). A nacked message comes back through the group's retry topic after
+    /// --nack-delay and is acked then; it counts once, when that redelivery is acked.
+    #[arg(long, value_parser = parse_ratio)]
+    pub nack_ratio: Option<f64>,
+
+    /// Delay a nack asks for before the redelivery (consume --group; e.g. 1s; default 100ms).
+    /// Must be below --idle-timeout.
+    #[arg(long, value_parser = parse_duration)]
+    pub nack_delay: Option<Duration>,
+
     /// Print one JSON object with every result instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -158,22 +189,37 @@ pub struct Args {
 
 impl Args {
     /// Checks combinations of flags clap cannot: txn runs on ferrymq only and takes no batching
-    /// flags; the txn flags are refused by the other workloads rather than ignored.
+    /// flags; consume --group runs on ferrymq only, with a valid group name; the txn flags and
+    /// the nack flags are refused by the other workloads rather than ignored.
     ///
     /// # Errors
     /// A sentence naming the offending flag.
     pub fn validate(&self) -> Result<(), String> {
         let txn_flags = [
-            ("--group", self.group.is_some()),
             ("--transactions-in-flight", self.transactions_in_flight.is_some()),
             ("--local-work", self.local_work.is_some()),
             ("--rollback-ratio", self.rollback_ratio.is_some()),
         ];
+        let nack_flags = [
+            ("--nack-ratio", self.nack_ratio.is_some()),
+            ("--nack-delay", self.nack_delay.is_some()),
+        ];
+        if self.workload != Workload::Consume || self.group.is_none() {
+            if let Some((flag, _)) = nack_flags.iter().find(|(_, given)| *given) {
+                return Err(format!("{flag} applies to consume --group only"));
+            }
+        }
         if self.workload != Workload::Txn {
             if let Some((flag, _)) = txn_flags.iter().find(|(_, given)| *given) {
                 return Err(format!("{flag} applies to the txn workload only"));
             }
-            return Ok(());
+            return match self.workload {
+                Workload::Consume => self.validate_consume_group(),
+                _ if self.group.is_some() => {
+                    Err("--group applies to the txn and consume workloads only".into())
+                }
+                _ => Ok(()),
+            };
         }
         if self.system == System::Nats {
             return Err("txn runs against ferrymq only (NATS JetStream has no half messages \
@@ -199,6 +245,54 @@ impl Args {
             ));
         }
         Ok(())
+    }
+
+    /// consume --group: ferrymq only, a group name the broker takes, and a retry topic name
+    /// (`__retry.<group>.<topic>`) that fits; nacks must come back before the idle timeout.
+    fn validate_consume_group(&self) -> Result<(), String> {
+        let Some(group) = self.consume_group() else { return Ok(()) };
+        if self.system == System::Nats {
+            return Err("consume --group runs against ferrymq only (its consumer groups); \
+                        drop --system nats or --group"
+                .into());
+        }
+        ferry_protocol::group::validate_group_name(group)
+            .map_err(|detail| format!("--group {group:?}: {detail}"))?;
+        let retry = ferry_protocol::group::retry_topic(group, &self.topic);
+        if retry.len() > TOPIC_NAME_BYTES_MAX {
+            return Err(format!(
+                "--group and --topic are too long together: the group's retry topic {retry:?} \
+                 would be {} bytes; at most {TOPIC_NAME_BYTES_MAX}",
+                retry.len()
+            ));
+        }
+        if self.nack_delay() >= self.idle_timeout {
+            return Err(format!(
+                "--nack-delay {:?} is not below --idle-timeout {:?}: the run would end idle \
+                 before the redeliveries come",
+                self.nack_delay(),
+                self.idle_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer group to read as (consume --group), if any.
+    pub fn consume_group(&self) -> Option<&str> {
+        match self.workload {
+            Workload::Consume => self.group.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Fraction of first deliveries nacked (consume --group).
+    pub fn nack_ratio(&self) -> f64 {
+        self.nack_ratio.unwrap_or(0.0)
+    }
+
+    /// Delay asked for by each nack (consume --group).
+    pub fn nack_delay(&self) -> Duration {
+        self.nack_delay.unwrap_or(NACK_DELAY_DEFAULT)
     }
 
     /// The producer group (txn).
@@ -227,7 +321,7 @@ impl Args {
 pub enum Workload {
     /// Send messages; throughput and send→ack latency.
     Produce,
-    /// Read messages from the earliest offset; throughput.
+    /// Read messages from the earliest offset, or as a consumer group (--group); throughput.
     Consume,
     /// Produce and consume at once; send→receipt latency.
     E2e,
@@ -444,12 +538,67 @@ mod tests {
         let e = refused(&["produce", "--rollback-ratio", "0.5"]);
         assert_eq!(e, "--rollback-ratio applies to the txn workload only");
         let e = refused(&["e2e", "--group", "g"]);
-        assert_eq!(e, "--group applies to the txn workload only");
+        assert_eq!(e, "--group applies to the txn and consume workloads only");
         let e = refused(&["consume", "--transactions-in-flight", "8"]);
         assert_eq!(e, "--transactions-in-flight applies to the txn workload only");
         let e = refused(&["produce", "--local-work", "1ms"]);
         assert_eq!(e, "--local-work applies to the txn workload only");
         // Produce still takes the batching flags and NATS.
         parse(&["produce", "--system", "nats", "--linger", "1ms"]).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn consume_group_flags_parse_with_defaults() {
+        let args = parse(&["consume", "--group", "g1", "--concurrency", "3"]).unwrap();
+        args.validate().unwrap();
+        assert_eq!(args.consume_group(), Some("g1"));
+        assert_eq!(args.nack_ratio(), 0.0);
+        assert_eq!(args.nack_delay(), Duration::from_millis(100));
+
+        let args =
+            parse(&["consume", "--group", "g-2_x", "--nack-ratio", "0.1", "--nack-delay", "250ms"])
+                .unwrap();
+        args.validate().unwrap();
+        assert_eq!(args.nack_ratio(), 0.1);
+        assert_eq!(args.nack_delay(), Duration::from_millis(250));
+
+        // Plain consume has no group; txn's --group is a producer group, not a consumer group.
+        assert_eq!(parse(&["consume"]).unwrap().consume_group(), None);
+        let txn = parse(&["txn", "--group", "orders"]).unwrap();
+        assert_eq!(txn.consume_group(), None);
+        assert_eq!(txn.txn_group(), "orders");
+
+        assert!(parse(&["consume", "--group", "g", "--nack-ratio", "1.5"]).is_err());
+        assert!(parse(&["consume", "--group", "g", "--nack-delay", "soon"]).is_err());
+    }
+
+    #[test]
+    fn consume_group_combinations_are_checked() {
+        let refused = |flags: &[&str]| parse(flags).unwrap().validate().unwrap_err();
+        let e = refused(&["consume", "--nack-ratio", "0.1"]);
+        assert_eq!(e, "--nack-ratio applies to consume --group only");
+        let e = refused(&["produce", "--nack-delay", "1s"]);
+        assert_eq!(e, "--nack-delay applies to consume --group only");
+        let e = refused(&["txn", "--group", "g", "--nack-ratio", "0.1"]);
+        assert_eq!(e, "--nack-ratio applies to consume --group only");
+        let e = refused(&["consume", "--group", "g", "--system", "nats"]);
+        assert!(e.contains("ferrymq only") && e.contains("--system nats"), "{e}");
+        let e = refused(&["consume", "--group", "a.b"]);
+        assert!(e.starts_with("--group \"a.b\": ") && e.contains("[A-Za-z0-9_-]"), "{e}");
+        let e = refused(&["consume", "--group", ""]);
+        assert!(e.contains("1..=100 bytes"), "{e}");
+        let e = refused(&["consume", "--group", &"g".repeat(101)]);
+        assert!(e.contains("1..=100 bytes"), "{e}");
+        // __retry.<group>.<topic>: 8 + 100 + 1 + 141 = 250 bytes.
+        let (group, topic) = ("g".repeat(100), "t".repeat(141));
+        let e = refused(&["consume", "--group", &group, "--topic", &topic]);
+        assert!(e.contains("too long together") && e.contains("250 bytes"), "{e}");
+        let topic = "t".repeat(140);
+        parse(&["consume", "--group", &group, "--topic", &topic]).unwrap().validate().unwrap();
+        let e = refused(&["consume", "--group", "g", "--nack-delay", "15s"]);
+        assert!(e.starts_with("--nack-delay 15s is not below --idle-timeout 15s"), "{e}");
+        let args =
+            parse(&["consume", "--group", "g", "--nack-delay", "15s", "--idle-timeout", "30s"]);
+        args.unwrap().validate().unwrap();
     }
 }

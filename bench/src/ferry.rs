@@ -1,19 +1,24 @@
 //! The ferrymq side of the bench: topic set-up through the cluster client, one
 //! [`ferry_producer::Producer`] per producer slot, one [`ferry_consumer::Consumer`] per
-//! reader, and one [`ferry_producer::TransactionalProducer`] per txn slot with a checker that
-//! answers commit and counts what it is asked.
+//! reader, one [`ferry_consumer::GroupConsumer`] per consumer-group member, and one
+//! [`ferry_producer::TransactionalProducer`] per txn slot with a checker that answers commit
+//! and counts what it is asked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use ferry_consumer::{Consumer, ConsumerConfig, StartFrom};
+use ferry_consumer::{Consumer, ConsumerConfig, Delivery, GroupConfig, GroupConsumer, StartFrom};
 use ferry_producer::{
     checker_fn, Message, MessageView, Producer, ProducerConfig, Resolution, Transaction,
     TransactionConfig, TransactionalProducer,
 };
-use ferry_protocol::messages::{CreateTopicRequest, MetadataRequest, TopicMetadata};
+use ferry_protocol::group::DescribeGroupRequest;
+use ferry_protocol::messages::{
+    CreateTopicRequest, MetadataRequest, PartitionMetadata, TopicMetadata,
+};
 use ferry_protocol::{
     ClientKind, ClusterClient, ClusterOptions, ConnectOptions, ErrorCode, Offset, PartitionIndex,
 };
@@ -21,6 +26,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
 use crate::cli::Args;
+use crate::group::{GroupDelivery, MemberOutcome, MemberPlan, Processed};
 use crate::txn::{HalfSendError, OpenTxn, TxnSession};
 use crate::workload::{AckFuture, MessageSender, ReadMode, ReadOutcome, ReadProgress};
 
@@ -252,5 +258,96 @@ pub async fn read(
     let payloads = consumer.by_ref().map(|item| item.map(|m| m.value).map_err(anyhow::Error::from));
     let outcome = crate::workload::read_loop(payloads, progress, mode).await;
     consumer.close().await;
+    outcome
+}
+
+/// Messages of `topic` consumer group `group` has yet to read, when it committed a position in
+/// any partition of it (a member resumes from there); `None` when it never did (members start
+/// from the earliest offset).
+///
+/// # Errors
+/// When the cluster cannot be reached.
+pub async fn group_backlog(
+    args: &Args,
+    group: &str,
+    topic: &TopicMetadata,
+) -> anyhow::Result<Option<u64>> {
+    let connect = ConnectOptions::new("ferry-bench-admin", ClientKind::Admin);
+    let client = ClusterClient::new(ClusterOptions::new(&args.bootstrap, connect))
+        .context("bad --bootstrap")?;
+    let offsets = match client.call(&DescribeGroupRequest { group: group.to_string() }).await {
+        Ok(described) => described.offsets,
+        Err(e) if e.code() == Some(ErrorCode::UnknownGroup) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot describe group {group:?}")),
+    };
+    let committed = |p: &PartitionMetadata| {
+        offsets
+            .iter()
+            .find(|o| o.topic == topic.name && o.partition == p.index)
+            .and_then(|o| o.committed)
+    };
+    if topic.partitions.iter().all(|p| committed(p).is_none()) {
+        return Ok(None);
+    }
+    let backlog = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let from = committed(p).unwrap_or(p.log_start).clamp(p.log_start, p.high_watermark);
+            p.high_watermark.0 - from.0
+        })
+        .sum();
+    Ok(Some(backlog))
+}
+
+/// Joins consumer group `group` for the topic as member number `index`.
+///
+/// # Errors
+/// When the group name is refused, the topic is missing, or no broker answered.
+pub async fn join_group(args: &Args, group: &str, index: u64) -> anyhow::Result<GroupConsumer> {
+    let mut config = GroupConfig::new(args.bootstrap.clone(), group, args.topic.clone());
+    config.client_id = format!("ferry-bench-g{index}");
+    GroupConsumer::subscribe(config)
+        .await
+        .with_context(|| format!("group member {index} cannot join group {group:?}"))
+}
+
+impl GroupDelivery for Delivery {
+    fn origin(&self) -> (u32, u64) {
+        (self.partition.0, self.offset.0)
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn payload_len(&self) -> usize {
+        self.value.len()
+    }
+
+    fn ack(self) -> bool {
+        Delivery::ack(self)
+    }
+
+    fn nack(self, delay: Duration) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            Delivery::nack(self, Some(delay)).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Settles `member`'s deliveries as `plan` says until told to stop, then leaves the group
+/// (committing what was acked).
+pub async fn read_as_member(
+    mut member: GroupConsumer,
+    plan: MemberPlan,
+    processed: Arc<Processed>,
+    progress: Arc<ReadProgress>,
+) -> MemberOutcome {
+    let deliveries = member.by_ref().map(|item| item.map_err(anyhow::Error::from));
+    let mut outcome = crate::group::member_loop(deliveries, plan, &processed, &progress).await;
+    outcome.partitions = member.partitions().into_iter().map(|p| p.0).collect();
+    member.close().await;
     outcome
 }

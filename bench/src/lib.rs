@@ -8,6 +8,7 @@
 //! ferry-bench produce --partitions 4 --count 200000 --concurrency 4 --warmup 5000
 //! ferry-bench produce --duration 30s --rate 20000 --linger 1ms --json   # latency at moderate load
 //! ferry-bench consume --concurrency 4                    # read every stored message from earliest
+//! ferry-bench consume --group g1 --concurrency 3 --nack-ratio 0.1   # as consumer group members
 //! ferry-bench e2e --partitions 4 --count 100000 --rate 10000           # send -> receipt latency
 //! ferry-bench txn --partitions 4 --count 20000 --transactions-in-flight 64  # half -> commit
 //! ferry-bench produce --system nats --nats-url nats://127.0.0.1:4222 --partitions 4 --replicas 3
@@ -17,10 +18,12 @@
 //! `--in-flight` unacknowledged messages. Measuring starts once every slot finished its
 //! `--warmup` share; `elapsed` runs to the last ack (produce) or receipt (consume, e2e).
 //! Latency at full load is mostly queueing (in-flight / throughput); use `--rate` to see
-//! latency at a given load. The txn workload (ferrymq only) has its own driver in [`txn`].
+//! latency at a given load. The txn workload (ferrymq only) has its own driver in [`txn`],
+//! and so has consume --group (ferrymq only) in [`group`].
 
 pub mod cli;
 pub mod ferry;
+pub mod group;
 pub mod nats;
 pub mod payload;
 pub mod report;
@@ -33,8 +36,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::try_join_all;
 
 use crate::cli::{Args, System, Workload, COUNT_DEFAULT};
+use crate::group::{MemberOutcome, MemberPlan, Processed};
 use crate::payload::Clock;
-use crate::report::{rates, BenchResult, LatencyKind, TxnReport};
+use crate::report::{rates, BenchResult, GroupReport, LatencyKind, MemberReport, TxnReport};
 use crate::txn::TxnPlan;
 use crate::workload::{
     partitions_for_reader, run_producers, watch_reads, ProduceOutcome, ProducePlan, ReadEnd,
@@ -51,7 +55,10 @@ pub async fn run(args: &Args) -> anyhow::Result<BenchResult> {
     args.validate().map_err(anyhow::Error::msg)?;
     match args.workload {
         Workload::Produce => produce(args).await,
-        Workload::Consume => consume(args).await,
+        Workload::Consume => match args.consume_group() {
+            Some(group) => consume_group(args, group).await,
+            None => consume(args).await,
+        },
         Workload::E2e => e2e(args).await,
         Workload::Txn => txn(args).await,
     }
@@ -157,6 +164,7 @@ fn result_for(args: &Args, partitions: u32) -> BenchResult {
         first_error: None,
         incomplete: None,
         txn: None,
+        group: None,
     }
 }
 
@@ -209,15 +217,21 @@ fn incomplete_reason(
     }
 }
 
+/// Messages a consume run waits for: `--count`, else every one `present`; `None` with
+/// `--duration`.
+fn consume_target(args: &Args, present: u64) -> Option<u64> {
+    match (args.duration, args.count) {
+        (Some(_), _) => None,
+        (None, Some(n)) => Some(n),
+        (None, None) => Some(present),
+    }
+}
+
 async fn consume(args: &Args) -> anyhow::Result<BenchResult> {
     let target = Target::prepare(args).await?;
     let partitions = target.partitions();
     let stored = target.stored();
-    let wanted = match (args.duration, args.count) {
-        (Some(_), _) => None,
-        (None, Some(n)) => Some(n),
-        (None, None) => Some(stored),
-    };
+    let wanted = consume_target(args, stored);
     if let Some(n) = wanted {
         anyhow::ensure!(
             n > 0,
@@ -281,6 +295,107 @@ async fn consume(args: &Args) -> anyhow::Result<BenchResult> {
     result.errors = read.errors;
     result.first_error = read.first_error;
     result.incomplete = incomplete_reason(&end, read.messages, wanted, args.idle_timeout);
+    Ok(result)
+}
+
+/// consume --group: `--concurrency` members of consumer group `group`, each settling every
+/// delivery it gets, until `--count` distinct messages (default: all the group has yet to
+/// read) were processed, `--duration` passed, or nothing arrived for `--idle-timeout`. As for
+/// consume, the clock starts before the members join.
+async fn consume_group(args: &Args, group: &str) -> anyhow::Result<BenchResult> {
+    let topic = ferry::prepare_topic(args).await?;
+    let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+    let stored: u64 =
+        topic.partitions.iter().map(|p| p.high_watermark.0.saturating_sub(p.log_start.0)).sum();
+    let backlog = ferry::group_backlog(args, group, &topic).await?;
+    if let Some(left) = backlog {
+        eprintln!(
+            "note: group {group:?} has committed positions in topic {:?} and resumes from them: \
+             {left} of {stored} stored messages are left to read (a fresh --group reads from \
+             the earliest offset)",
+            args.topic
+        );
+    }
+    let present = backlog.unwrap_or(stored);
+    let wanted = consume_target(args, present);
+    if let Some(n) = wanted {
+        anyhow::ensure!(
+            n > 0,
+            "{}: nothing to read",
+            match backlog {
+                Some(_) => format!(
+                    "group {group:?} has read everything in topic {:?} (use a fresh --group to \
+                     read it again)",
+                    args.topic
+                ),
+                None => format!("topic {:?} is empty (run produce first)", args.topic),
+            }
+        );
+        if n > present {
+            eprintln!(
+                "note: asked for {n} messages but {present} are there to read; waiting for more"
+            );
+        }
+    }
+    if args.concurrency > u64::from(partitions) {
+        eprintln!(
+            "note: {} members for {partitions} partitions: the leader gives the extra members \
+             none",
+            args.concurrency
+        );
+    }
+    let plan = MemberPlan { nack_ratio: args.nack_ratio(), nack_delay: args.nack_delay() };
+    let processed = Processed::new(topic.partitions.iter().map(|p| p.log_start.0));
+    let progress = ReadProgress::new(wanted.unwrap_or(u64::MAX));
+    // Members fetch as soon as the leader grants them partitions, so the clock starts before
+    // they join: the time to process N messages from scratch, joining and rebalancing
+    // included.
+    let start = Instant::now();
+    let members =
+        try_join_all((0..args.concurrency).map(|i| ferry::join_group(args, group, i))).await?;
+    let tasks: Vec<_> = members
+        .into_iter()
+        .map(|member| {
+            tokio::spawn(ferry::read_as_member(member, plan, processed.clone(), progress.clone()))
+        })
+        .collect();
+    let deadline = args.duration.map(|d| start + d);
+    let end = watch_reads(&progress, deadline, args.idle_timeout).await;
+    let mut outcomes: Vec<MemberOutcome> = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.map_err(|e| anyhow::anyhow!("group member task failed: {e}"))?);
+    }
+    let elapsed = end.at().saturating_duration_since(start);
+    let sum = |f: fn(&MemberOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+    let (messages, deliveries) = (sum(|m| m.messages), sum(|m| m.deliveries));
+    let mut result = result_for(args, partitions);
+    result.consumers = Some(args.concurrency);
+    result.warmup = 0;
+    set_rates(&mut result, messages, sum(|m| m.bytes), elapsed);
+    result.errors = sum(|m| m.errors);
+    result.first_error = outcomes.iter().find_map(|m| m.first_error.clone());
+    result.incomplete = incomplete_reason(&end, messages, wanted, args.idle_timeout);
+    result.group = Some(GroupReport {
+        group: group.to_string(),
+        nack_ratio: args.nack_ratio(),
+        nack_delay_ms: args.nack_delay().as_secs_f64() * 1000.0,
+        resumed_backlog: backlog,
+        deliveries,
+        nacked: sum(|m| m.nacked),
+        redeliveries: sum(|m| m.redeliveries),
+        duplicates: sum(|m| m.duplicates),
+        refused_acks: sum(|m| m.refused_acks),
+        deliveries_per_s: rates(deliveries, 0, elapsed).0,
+        members: outcomes
+            .into_iter()
+            .map(|m| MemberReport {
+                deliveries: m.deliveries,
+                redeliveries: m.redeliveries,
+                messages: m.messages,
+                partitions: m.partitions,
+            })
+            .collect(),
+    });
     Ok(result)
 }
 

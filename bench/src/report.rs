@@ -178,6 +178,51 @@ pub struct BenchResult {
     /// committed transaction and `errors` counts failed transactions (warm-up included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub txn: Option<TxnReport>,
+    /// What only consume --group measures (absent from the JSON of other runs). There,
+    /// `messages` counts distinct messages processed (each once, at its first ack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupReport>,
+}
+
+/// The consume --group run's own figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupReport {
+    /// Consumer group the members joined.
+    pub group: String,
+    /// Fraction of first deliveries nacked on purpose.
+    pub nack_ratio: f64,
+    /// Delay each nack asked for, in milliseconds.
+    pub nack_delay_ms: f64,
+    /// Messages the group had yet to read when the run began, when it had committed
+    /// positions in the topic (it resumed from them); `None` for a fresh group.
+    pub resumed_backlog: Option<u64>,
+    /// Deliveries handed to the members: first deliveries, redeliveries and duplicates.
+    pub deliveries: u64,
+    /// First deliveries nacked.
+    pub nacked: u64,
+    /// Deliveries of attempt 2 or later (through the group's retry topic).
+    pub redeliveries: u64,
+    /// Acked deliveries of messages processed before (at least once: after a rebalance).
+    pub duplicates: u64,
+    /// Acks refused because the delivery was settled already (ack timeout, revoked).
+    pub refused_acks: u64,
+    /// `deliveries / elapsed_s`.
+    pub deliveries_per_s: f64,
+    /// Per member, by index (client id `ferry-bench-g<index>`).
+    pub members: Vec<MemberReport>,
+}
+
+/// One group member's share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberReport {
+    /// Deliveries it was handed.
+    pub deliveries: u64,
+    /// Of those, redeliveries.
+    pub redeliveries: u64,
+    /// Messages it was the first to process.
+    pub messages: u64,
+    /// Partitions it held when the run ended.
+    pub partitions: Vec<u32>,
 }
 
 /// The txn workload's own figures.
@@ -264,6 +309,9 @@ impl BenchResult {
         if let Some(txn) = &self.txn {
             txn.write_settings(&mut out);
         }
+        if let Some(group) = &self.group {
+            group.write_settings(&mut out);
+        }
         out.push('\n');
         match &self.txn {
             Some(txn) => txn.write_counts(&mut out, self),
@@ -287,6 +335,9 @@ impl BenchResult {
         }
         if let Some(txn) = &self.txn {
             txn.write_latencies_and_check_backs(&mut out);
+        }
+        if let Some(group) = &self.group {
+            group.write_deliveries(&mut out);
         }
         if let Some(lat) = &self.ack_latency_ms {
             let _ = writeln!(
@@ -316,6 +367,57 @@ impl BenchResult {
     /// Only if serialisation fails, which plain data does not.
     pub fn to_json(&self) -> anyhow::Result<String> {
         Ok(serde_json::to_string(self)?)
+    }
+}
+
+impl GroupReport {
+    /// ` group=…[ nack_ratio=… nack_delay=… ms]` on the heading line.
+    fn write_settings(&self, out: &mut String) {
+        let _ = write!(out, " group={}", self.group);
+        if self.nack_ratio > 0.0 {
+            let _ = write!(
+                out,
+                " nack_ratio={} nack_delay={} ms",
+                self.nack_ratio,
+                format_ms(self.nack_delay_ms)
+            );
+        }
+    }
+
+    /// The delivery counts, then one line per member.
+    fn write_deliveries(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "  deliveries  {} ({:.0}/s): {} nacked, {} redeliveries, {} duplicates",
+            self.deliveries, self.deliveries_per_s, self.nacked, self.redeliveries, self.duplicates
+        );
+        if self.refused_acks > 0 {
+            let _ = writeln!(
+                out,
+                "  refused acks {} (settled already: ack timeout or partition revoked)",
+                self.refused_acks
+            );
+        }
+        if let Some(backlog) = self.resumed_backlog {
+            let _ = writeln!(
+                out,
+                "  resumed     group {} had {backlog} messages left to read (committed \
+                 positions)",
+                self.group
+            );
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            let held = if m.partitions.is_empty() {
+                "none".to_string()
+            } else {
+                m.partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            };
+            let _ = writeln!(
+                out,
+                "  member {i:<4} {} deliveries ({} redeliveries), {} messages; partitions {held}",
+                m.deliveries, m.redeliveries, m.messages
+            );
+        }
     }
 }
 
@@ -407,6 +509,7 @@ mod tests {
             first_error: None,
             incomplete: None,
             txn: None,
+            group: None,
         }
     }
 
@@ -601,6 +704,105 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("errors      1 (first: commit: boom)"), "{text}");
+    }
+
+    fn group_sample() -> BenchResult {
+        let mut r = sample();
+        r.workload = "consume";
+        r.concurrency = 2;
+        r.consumers = Some(2);
+        r.latency_kind = None;
+        r.latency_ms = None;
+        r.group = Some(GroupReport {
+            group: "g1".into(),
+            nack_ratio: 0.1,
+            nack_delay_ms: 100.0,
+            resumed_backlog: None,
+            deliveries: 1100,
+            nacked: 100,
+            redeliveries: 100,
+            duplicates: 0,
+            refused_acks: 0,
+            deliveries_per_s: 2200.0,
+            members: vec![
+                MemberReport {
+                    deliveries: 700,
+                    redeliveries: 60,
+                    messages: 640,
+                    partitions: vec![0, 2],
+                },
+                MemberReport {
+                    deliveries: 400,
+                    redeliveries: 40,
+                    messages: 360,
+                    partitions: vec![],
+                },
+            ],
+        });
+        r
+    }
+
+    #[test]
+    fn group_human_summary_has_deliveries_per_member() {
+        let text = group_sample().to_human();
+        assert!(
+            text.starts_with(
+                "ferry consume: topic=bench partitions=4 size=1024 B concurrency=2 consumers=2 \
+                 group=g1 nack_ratio=0.1 nack_delay=100.000 ms\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  throughput  2000 msgs/s, 2.05 MB/s\n"), "{text}");
+        assert!(
+            text.contains(
+                "  deliveries  1100 (2200/s): 100 nacked, 100 redeliveries, 0 duplicates\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  member 0    700 deliveries (60 redeliveries), 640 messages; partitions 0,2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "  member 1    400 deliveries (40 redeliveries), 360 messages; partitions none\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("latency") && !text.contains("refused") && !text.contains("resumed")
+        );
+
+        let mut plain = group_sample();
+        if let Some(g) = plain.group.as_mut() {
+            g.nack_ratio = 0.0;
+            g.refused_acks = 3;
+            g.resumed_backlog = Some(5000);
+        }
+        let text = plain.to_human();
+        assert!(text.lines().next().unwrap().ends_with(" group=g1"), "{text}");
+        assert!(text.contains("  refused acks 3 (settled already"), "{text}");
+        assert!(text.contains("  resumed     group g1 had 5000 messages left to read"), "{text}");
+    }
+
+    #[test]
+    fn group_json_nests_the_group_figures() {
+        let v: serde_json::Value =
+            serde_json::from_str(&group_sample().to_json().unwrap()).unwrap();
+        assert_eq!(v["workload"], "consume");
+        assert_eq!(v["group"]["group"], "g1");
+        assert_eq!(v["group"]["nack_ratio"], 0.1);
+        assert_eq!(v["group"]["nack_delay_ms"], 100.0);
+        assert!(v["group"]["resumed_backlog"].is_null());
+        assert_eq!(v["group"]["deliveries"], 1100);
+        assert_eq!(v["group"]["redeliveries"], 100);
+        assert_eq!(v["group"]["members"][0]["messages"], 640);
+        assert_eq!(v["group"]["members"][0]["partitions"], serde_json::json!([0, 2]));
+        assert_eq!(v["group"]["members"][1]["deliveries"], 400);
+        let plain: serde_json::Value = serde_json::from_str(&sample().to_json().unwrap()).unwrap();
+        assert!(plain.get("group").is_none());
     }
 
     #[test]

@@ -434,7 +434,8 @@ impl ReadProgress {
         self.reached_at.lock().ok().and_then(|at| *at)
     }
 
-    fn count_one(&self) {
+    /// Counts one message; completes once the target is met.
+    pub fn count_one(&self) {
         let total = self.received.fetch_add(1, Ordering::Relaxed) + 1;
         if total >= self.target.load(Ordering::Relaxed) {
             self.mark_reached(Instant::now());
