@@ -145,6 +145,19 @@ pub fn get_entry(buf: &mut Bytes) -> DecodeResult<Entry<TypeConfig>> {
     Ok(Entry { log_id, payload })
 }
 
+/// The command of a stored normal entry, or with `position` the command at that position of
+/// its merged batch, decoding only that command. `None` for blank and membership entries.
+pub fn command_of_entry(mut bytes: Bytes, position: Option<u32>) -> DecodeResult<Option<Command>> {
+    let _ = get_log_id(&mut bytes)?;
+    if wire::get_u8(&mut bytes, "entry.kind")? != ENTRY_NORMAL {
+        return Ok(None);
+    }
+    match position {
+        None => Command::decode(&mut bytes).map(Some),
+        Some(i) => Command::decode_nth_of_batch(&mut bytes, i),
+    }
+}
+
 /// Encodes one entry on its own (the log store's value).
 pub fn entry_to_bytes(entry: &Entry<TypeConfig>) -> Bytes {
     let mut buf = BytesMut::with_capacity(64 + entry_payload_hint(entry));

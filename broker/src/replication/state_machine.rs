@@ -314,23 +314,40 @@ fn inline_messages(from: &Path, to: &Path, shared: &SharedState) -> anyhow::Resu
 }
 
 /// Reads the batch of the produce, half-message or delayed-produce command at a log position.
+/// Raft log entries the batch resolver keeps (each up to the 1 MiB a merged entry holds).
+const RESOLVER_CACHE_ENTRIES: usize = 8;
+
 fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
     use crate::state::command::Command;
+    // The entries read last. A fetch (or a transaction's commit, or a due delayed message)
+    // usually resolves several batches of one merged entry in a row; without the cache each
+    // would read the whole entry (up to 1 MiB) from the log store again.
+    let recent: std::sync::Mutex<std::collections::VecDeque<(u64, Bytes)>> =
+        std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RESOLVER_CACHE_ENTRIES));
     Arc::new(move |pos: LogPos| {
         let index = pos.index;
-        let entries = log.read_range(index, index.saturating_add(1))?;
-        let Some((_, bytes)) = entries.into_iter().next() else {
-            return Err(StateError::Corrupt(format!("raft log entry {index} is missing")));
-        };
-        let entry =
-            codec::entry_from_bytes(bytes).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        let command = match (entry.payload, pos.position) {
-            (EntryPayload::Normal(Command::Batch(commands)), Some(i)) => {
-                commands.into_iter().nth(i as usize)
+        let cached = recent
+            .lock()
+            .ok()
+            .and_then(|r| r.iter().find(|(i, _)| *i == index).map(|(_, b)| b.clone()));
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let entries = log.read_range(index, index.saturating_add(1))?;
+                let Some((_, bytes)) = entries.into_iter().next() else {
+                    return Err(StateError::Corrupt(format!("raft log entry {index} is missing")));
+                };
+                if let Ok(mut r) = recent.lock() {
+                    if r.len() == RESOLVER_CACHE_ENTRIES {
+                        r.pop_front();
+                    }
+                    r.push_back((index, bytes.clone()));
+                }
+                bytes
             }
-            (EntryPayload::Normal(command), None) => Some(command),
-            _ => None,
         };
+        let command = codec::command_of_entry(bytes, pos.position)
+            .map_err(|e| StateError::Corrupt(e.to_string()))?;
         match command {
             Some(
                 Command::Produce { batch, .. }

@@ -398,6 +398,31 @@ impl Command {
         })
     }
 
+    /// The command at `position` of an encoded merged [`Command::Batch`], decoding only that
+    /// one (the others are skipped by their length prefixes). `None` when `buf` holds no batch
+    /// or the batch is shorter.
+    pub fn decode_nth_of_batch(buf: &mut Bytes, position: u32) -> DecodeResult<Option<Command>> {
+        if wire::get_u8(buf, "command.tag")? != TAG_BATCH {
+            return Ok(None);
+        }
+        let count = wire::get_u32(buf, "batch")?;
+        if position >= count {
+            return Ok(None);
+        }
+        for _ in 0..position {
+            let len = wire::get_u32(buf, "batch.command")? as usize;
+            if buf.len() < len {
+                return Err(DecodeError::Invalid {
+                    what: "batch.command",
+                    detail: format!("length {len} beyond the entry"),
+                });
+            }
+            let _ = buf.split_to(len);
+        }
+        let mut one = wire::get_bytes(buf, "batch.command")?;
+        Command::decode(&mut one).map(Some)
+    }
+
     /// Rough encoded size, for buffer pre-sizing.
     pub fn encoded_len_hint(&self) -> usize {
         match self {
@@ -503,6 +528,29 @@ pub enum CommandResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_command_of_a_merged_entry_decodes_alone() {
+        let parts: Vec<Command> = (0..5u32)
+            .map(|i| Command::Produce {
+                topic: format!("t{i}"),
+                partition: i,
+                batch: Bytes::from(vec![b'x'; i as usize]),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        Command::Batch(parts.clone()).encode(&mut buf);
+        let bytes = buf.freeze();
+        for (i, want) in parts.iter().enumerate() {
+            let got = Command::decode_nth_of_batch(&mut bytes.clone(), i as u32).unwrap();
+            assert_eq!(got.as_ref(), Some(want));
+        }
+        assert_eq!(Command::decode_nth_of_batch(&mut bytes.clone(), 5).unwrap(), None);
+        let mut single = BytesMut::new();
+        parts[0].encode(&mut single);
+        assert_eq!(Command::decode_nth_of_batch(&mut single.freeze(), 0).unwrap(), None);
+        assert!(Command::decode_nth_of_batch(&mut bytes.slice(..20), 3).is_err(), "cut short");
+    }
 
     #[test]
     fn commands_round_trip() {
