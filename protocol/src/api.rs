@@ -56,11 +56,14 @@ pub enum ApiKey {
     ListGroups = 22,
     /// The first offset at or after a time, per partition.
     OffsetsForTime = 23,
+    /// Read batches from this node's own applied state, leader or not (admin clients only;
+    /// for comparing replicas).
+    ReadLocal = 24,
 }
 
 impl ApiKey {
     /// Every key, in wire order.
-    pub const ALL: [ApiKey; 24] = [
+    pub const ALL: [ApiKey; 25] = [
         ApiKey::Handshake,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -85,6 +88,7 @@ impl ApiKey {
         ApiKey::DescribeGroup,
         ApiKey::ListGroups,
         ApiKey::OffsetsForTime,
+        ApiKey::ReadLocal,
     ];
 
     /// The key for a wire value, if known.
@@ -119,6 +123,7 @@ impl ApiKey {
             ApiKey::DescribeGroup => "describe_group",
             ApiKey::ListGroups => "list_groups",
             ApiKey::OffsetsForTime => "offsets_for_time",
+            ApiKey::ReadLocal => "read_local",
         }
     }
 }

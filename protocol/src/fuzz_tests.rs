@@ -31,6 +31,7 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("produce_resp", d::<ProduceResponse>),
         ("fetch", d::<FetchRequest>),
         ("fetch_resp", d::<FetchResponse>),
+        ("read_local", d::<ReadLocalRequest>),
         ("create_topic", d::<CreateTopicRequest>),
         ("topic", d::<TopicMetadata>),
         ("delete_topic", d::<DeleteTopicRequest>),

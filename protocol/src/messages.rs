@@ -351,6 +351,50 @@ impl Request for FetchRequest {
     type Response = FetchResponse;
 }
 
+/// Read batches from the applied state of the node that receives the request, whether it
+/// leads or not, without waiting (admin clients only). Followers may lag the leader; use it to
+/// compare replicas once they caught up, not to consume.
+///
+/// ```text
+/// read_local := topic:string | partition:u32 | offset:u64 | max_bytes:u32
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadLocalRequest {
+    /// Topic name.
+    pub topic: String,
+    /// Partition inside the topic.
+    pub partition: PartitionIndex,
+    /// First offset wanted (the first batch returned may start earlier).
+    pub offset: Offset,
+    /// Soft cap on the bytes returned (at least one batch when one is available).
+    pub max_bytes: u32,
+}
+
+impl Encode for ReadLocalRequest {
+    fn encode(&self, buf: &mut BytesMut) {
+        wire::put_string(buf, &self.topic);
+        buf.put_u32(self.partition.0);
+        buf.put_u64(self.offset.0);
+        buf.put_u32(self.max_bytes);
+    }
+}
+
+impl Decode for ReadLocalRequest {
+    fn decode(buf: &mut Bytes) -> DecodeResult<Self> {
+        Ok(ReadLocalRequest {
+            topic: wire::get_string(buf, "read_local.topic")?,
+            partition: PartitionIndex(wire::get_u32(buf, "read_local.partition")?),
+            offset: Offset(wire::get_u64(buf, "read_local.offset")?),
+            max_bytes: wire::get_u32(buf, "read_local.max_bytes")?,
+        })
+    }
+}
+
+impl Request for ReadLocalRequest {
+    const API_KEY: ApiKey = ApiKey::ReadLocal;
+    type Response = FetchResponse;
+}
+
 /// Create a topic.
 ///
 /// ```text

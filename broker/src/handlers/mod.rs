@@ -182,6 +182,10 @@ pub async fn dispatch(
             groups::list(ctx)
         }
         ApiKey::OffsetsForTime => groups::offsets_for_time(ctx, decode(body)?).await,
+        ApiKey::ReadLocal if kind != ClientKind::Admin => {
+            Err(err(ErrorCode::AuthFailed, "read_local is for admin clients only"))
+        }
+        ApiKey::ReadLocal => read_local(ctx, decode(body)?).await,
     }
 }
 
@@ -314,6 +318,31 @@ async fn fetch(ctx: &Context, req: FetchRequest) -> HandlerResult {
         high_watermark: handle.high_watermark(),
         log_start: handle.log_start(),
         batches,
+    }
+    .to_bytes())
+}
+
+async fn read_local(ctx: &Context, req: ReadLocalRequest) -> HandlerResult {
+    let state = ctx.replica.group_for(req.partition.0).state().clone();
+    let handle = state.partition(&req.topic, req.partition)?;
+    if req.offset < handle.log_start() {
+        return Err(err(
+            ErrorCode::OffsetOutOfRange,
+            format!("offset {} is below the log start {}", req.offset, handle.log_start()),
+        ));
+    }
+    let max_bytes = (req.max_bytes as usize).clamp(1, ctx.config.frame_bytes_max / 2);
+    let offset = req.offset;
+    let (handle, batches) = tokio::task::spawn_blocking(move || {
+        let batches = state.read(&handle, offset, max_bytes);
+        (handle, batches)
+    })
+    .await
+    .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    Ok(FetchResponse {
+        high_watermark: handle.high_watermark(),
+        log_start: handle.log_start(),
+        batches: batches?,
     }
     .to_bytes())
 }

@@ -19,9 +19,6 @@ use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use super::codec;
 use super::TypeConfig;
 
-/// Most entries read back in one call, bounding memory when a follower is far behind.
-const READ_ENTRIES_MAX: u64 = 4096;
-
 /// Bytes of entry payload the replication cache holds at most.
 const CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -160,7 +157,10 @@ impl RaftLogReader<TypeConfig> for RaftLog {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        let end = end.min(start.saturating_add(READ_ENTRIES_MAX));
+        // Every entry asked for: openraft applies committed entries by reading the whole range
+        // and treats a short answer as storage damage (a restarted follower with thousands of
+        // entries to re-apply stopped its Raft core that way). Replication asks for bounded
+        // ranges on its own (`max_payload_entries`).
         if let Some(Some(hit)) = self.with_cache(|c| c.get(start, end)) {
             return Ok(hit);
         }
@@ -279,6 +279,22 @@ mod tests {
 
     fn indexes(v: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
         v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[tokio::test]
+    async fn a_long_range_is_read_whole() {
+        // Regression: reads were capped at 4,096 entries, and openraft's apply path refuses a
+        // short read ("try to get log at index 5359 but got Some(4095)") and stops the node.
+        let store = Arc::new(ferry_storage::mem::MemStore::new());
+        let raw: Vec<(u64, Bytes)> =
+            (1..=5000).map(|i| (i, codec::entry_to_bytes(&entry(i)))).collect();
+        store.append(&raw).unwrap();
+        let mut log = RaftLog::new(store);
+        let got = log.try_get_log_entries(1..5001).await.unwrap();
+        assert_eq!(got.len(), 5000);
+        assert_eq!(got.last().map(|e| e.log_id.index), Some(5000));
+        let tail = log.try_get_log_entries(4000..).await.unwrap();
+        assert_eq!(tail.len(), 1001);
     }
 
     #[test]

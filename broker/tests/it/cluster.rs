@@ -188,3 +188,78 @@ async fn stopped_follower_catches_up_and_full_restart_keeps_everything() {
     assert_eq!(read.len(), 3_000);
     assert_eq!(read.iter().next_back().copied(), Some(2_999));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_serves_the_same_batches_to_read_local() {
+    use ferry_protocol::messages::ReadLocalRequest;
+    use ferry_protocol::{Connection, ErrorCode, Offset};
+    let cluster = Cluster::start(3).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "replicas", 1).await;
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+    for seq in 0..300 {
+        let msg = Message::new(value(0, seq)).to_partition(PartitionIndex(0));
+        producer.send("replicas", msg).await.unwrap().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    cluster.wait_caught_up().await;
+
+    let read_all = |addr: String, kind: ClientKind| async move {
+        let conn = Connection::connect(&addr, &ConnectOptions::new("test", kind)).await.unwrap();
+        let mut out = Vec::new();
+        let mut next = 0u64;
+        loop {
+            let req = ReadLocalRequest {
+                topic: "replicas".into(),
+                partition: PartitionIndex(0),
+                offset: Offset(next),
+                max_bytes: 4096,
+            };
+            let resp = conn.call(&req).await?;
+            for b in &resp.batches {
+                next = b.base_offset.0
+                    + u64::from(
+                        ferry_protocol::RecordBatch::parse(b.bytes.clone()).unwrap().count(),
+                    );
+                out.push((b.base_offset.0, b.bytes.clone()));
+            }
+            if resp.batches.is_empty() || next >= resp.high_watermark.0 {
+                return Ok::<_, ferry_protocol::ClientError>(out);
+            }
+        }
+    };
+    let mut seen = Vec::new();
+    for node in &cluster.nodes {
+        seen.push(read_all(node.addr.clone(), ClientKind::Admin).await.unwrap());
+    }
+    assert_eq!(seen[0].len(), 300, "one batch per acknowledged send");
+    assert!(seen.iter().all(|s| *s == seen[0]), "followers hold the leader's batches");
+    let refused = read_all(cluster.node(1).addr.clone(), ClientKind::Consumer).await;
+    assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::AuthFailed));
+}
+
+/// Regression (found by `ferry-bench chaos --scenario consumer-crash`): a follower killed after
+/// more than 4,096 entries lost its unflushed applied state, had to re-apply them all at once
+/// on restart, and its Raft core stopped on a short log read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_with_thousands_of_entries_to_reapply_catches_up() {
+    let mut cluster = Cluster::start(3).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "many", 1).await;
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+    // One at a time: each send is its own Raft entry.
+    for seq in 0..5000 {
+        let msg = Message::new(value(0, seq)).to_partition(PartitionIndex(0));
+        producer.send("many", msg).await.unwrap().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    cluster.wait_caught_up().await;
+    let leader = cluster.leader().await;
+    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    cluster.kill(follower);
+    cluster.restart(follower);
+    cluster.wait_caught_up().await;
+    let status = cluster.status(follower).await.unwrap();
+    assert_ne!(status.role, "shutdown", "the follower's Raft core is running");
+    assert!(status.applied_index >= 5000, "applied {}", status.applied_index);
+}
