@@ -152,9 +152,13 @@ impl Replica {
         self.node_id
     }
 
-    /// Whether this node is the leader right now (from the latest metrics).
+    /// Whether this node is the leader right now (from the latest metrics) and ready to serve
+    /// reads: it applied an entry of its own term, so its state holds everything committed
+    /// before it was elected.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.node_id) && applied_own_term(&m)
     }
 
     /// Where the leader is, if known.
@@ -177,6 +181,14 @@ impl Replica {
 
     /// An error for a request that only the leader may serve, with the leader hint.
     pub fn not_leader(&self) -> ReplicaError {
+        if self.raft.metrics().borrow().current_leader == Some(self.node_id) {
+            // Elected, but not yet applied everything committed before its term: its state
+            // may be behind what clients already saw (e.g. after a restart of every node).
+            return ReplicaError::new(
+                ErrorCode::NoLeader,
+                "this node was just elected and is still applying its log; retry",
+            );
+        }
         match self.leader_hint() {
             Some(hint) => ReplicaError {
                 code: ErrorCode::NotLeader,
@@ -196,6 +208,13 @@ impl Replica {
     fn map_write_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> ReplicaError {
         map_write_error(self.node_id, e)
     }
+}
+
+/// Whether this node applied an entry of its current term. A new leader appends a blank entry
+/// on election; once that is applied, so is everything committed before, and reads from the
+/// applied state are as new as anything a client saw from an earlier leader.
+fn applied_own_term(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
+    m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
 }
 
 /// Turns an openraft write error into the wire error a client gets.

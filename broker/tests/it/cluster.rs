@@ -263,3 +263,54 @@ async fn a_follower_restarted_with_thousands_of_entries_to_reapply_catches_up() 
     assert_ne!(status.role, "shutdown", "the follower's Raft core is running");
     assert!(status.applied_index >= 5000, "applied {}", status.applied_index);
 }
+
+/// Regression (found by `ferry-bench chaos --scenario full-restart`): a node elected right
+/// after a restart served reads from state it had not re-applied yet, and answered
+/// `UnknownTopic` for a topic that exists. It now answers the retriable `NoLeader` until it
+/// applied an entry of its own term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_serves_no_read_before_it_reapplied_its_log() {
+    use ferry_protocol::messages::MetadataRequest;
+    use ferry_protocol::{Connection, ErrorCode};
+    let mut cluster = Cluster::start(1).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "kept", 1).await;
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+    for seq in 0..5000 {
+        let msg = Message::new(value(0, seq)).to_partition(PartitionIndex(0));
+        producer.send("kept", msg).await.unwrap().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    cluster.kill(1);
+    cluster.restart(1);
+    // Ask as fast as possible from the moment the node listens: every answer is either the
+    // topic or a retriable error, never "unknown topic".
+    let addr = cluster.node(1).addr.clone();
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut answered = false;
+    let mut retriable = 0;
+    while !answered {
+        assert!(Instant::now() < deadline, "no answer from the restarted node");
+        let Ok(conn) =
+            Connection::connect(&addr, &ConnectOptions::new("test", ClientKind::Admin)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        loop {
+            match conn.call(&MetadataRequest { topics: vec!["kept".into()] }).await {
+                Ok(m) => {
+                    assert_eq!(m.topics[0].partitions[0].high_watermark.0, 5000);
+                    answered = true;
+                    break;
+                }
+                Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {
+                    panic!("a restarted node answered from state it had not re-applied: {e}")
+                }
+                Err(e) if e.is_retriable() => retriable += 1,
+                Err(_) => break,
+            }
+        }
+    }
+    eprintln!("retriable answers before the node was ready: {retriable}");
+}
