@@ -12,3 +12,6 @@ echo "== cargo clippy (all targets, -D warnings)"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace --locked -- --test-threads=2
+echo "== chaos (short mode: every scenario, fixed seed; fails on any violation)"
+cargo build --release --locked -p ferry-broker -p ferry-bench --bins
+target/release/ferry-bench chaos --scenario all --short --seed 20261126

@@ -21,6 +21,7 @@
 //! latency at a given load. The txn workload (ferrymq only) has its own driver in [`txn`],
 //! and so has consume --group (ferrymq only) in [`group`].
 
+pub mod chaos;
 pub mod cli;
 pub mod ferry;
 pub mod group;

@@ -11,6 +11,21 @@ use ferry_bench::cli::Args;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `ferry-bench chaos ...` has flags of its own.
+    if std::env::args().nth(1).as_deref() == Some("chaos") {
+        let args = ferry_bench::chaos::ChaosArgs::parse_from(
+            std::env::args().enumerate().filter(|(i, _)| *i != 1).map(|(_, a)| a),
+        );
+        init_logging();
+        return match ferry_bench::chaos::run(&args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = Args::parse();
     let result = match ferry_bench::run(&args).await {
         Ok(result) => result,
@@ -35,4 +50,13 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Log lines of the chaos runner (faults injected, clients retrying) go to stderr when
+/// `FERRY_LOG` asks for them (e.g. `FERRY_LOG=info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -1,0 +1,300 @@
+//! Scenarios: which faults a run injects, on a schedule drawn from the seed.
+//!
+//! Every scenario loops until its duration is over: wait a seeded 1–3 s, inject its fault
+//! (aimed at the current leader where that matters), hold it for a seeded time, undo it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tokio_util::sync::CancellationToken;
+
+use super::clients::{self, History, Intents, TxnClient};
+use super::cluster::ChaosCluster;
+
+/// A named fault pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// SIGKILL the leader, restart it a little later; again and again.
+    LeaderKill,
+    /// Cut the leader off from the other nodes (a minority of one), then heal.
+    LeaderPartition,
+    /// SIGSTOP the leader for longer than an election, then SIGCONT.
+    LeaderPause,
+    /// A transactional producer dies after half sends while the leader is killed; another
+    /// instance of its group answers the check-backs.
+    ProducerCrash,
+    /// A group consumer dies mid-batch (no commit, no leave); the group rebalances.
+    ConsumerCrash,
+    /// Every node SIGKILLed at once, then all restarted.
+    FullRestart,
+}
+
+impl Scenario {
+    /// Every scenario, in the order `all` runs them.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::LeaderKill,
+        Scenario::LeaderPartition,
+        Scenario::LeaderPause,
+        Scenario::ProducerCrash,
+        Scenario::ConsumerCrash,
+        Scenario::FullRestart,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::LeaderKill => "leader-kill",
+            Scenario::LeaderPartition => "leader-partition",
+            Scenario::LeaderPause => "leader-pause",
+            Scenario::ProducerCrash => "producer-crash",
+            Scenario::ConsumerCrash => "consumer-crash",
+            Scenario::FullRestart => "full-restart",
+        }
+    }
+
+    /// The scenario named `name`.
+    ///
+    /// # Errors
+    /// An unknown name; the message lists the known ones.
+    pub fn parse(name: &str) -> anyhow::Result<Scenario> {
+        match Scenario::ALL.iter().find(|s| s.name() == name) {
+            Some(s) => Ok(*s),
+            None => {
+                let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                bail!("unknown scenario {name:?}; known: all, {}", known.join(", "))
+            }
+        }
+    }
+}
+
+/// Starts and crashes clients on the scenario's behalf.
+#[derive(Clone)]
+pub struct ClientControl {
+    inner: Arc<ControlInner>,
+}
+
+struct ControlInner {
+    bootstrap: String,
+    history: Arc<History>,
+    intents: Intents,
+    seed: u64,
+    stop_sending: CancellationToken,
+    stop: CancellationToken,
+    next: AtomicU64,
+    txn_clients: Mutex<Vec<CancellationToken>>,
+    consumers: Mutex<Vec<CancellationToken>>,
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ClientControl {
+    /// Control over clients of the cluster at `bootstrap`.
+    pub fn new(
+        bootstrap: String,
+        history: Arc<History>,
+        intents: Intents,
+        seed: u64,
+        stop_sending: CancellationToken,
+        stop: CancellationToken,
+    ) -> ClientControl {
+        ClientControl {
+            inner: Arc::new(ControlInner {
+                bootstrap,
+                history,
+                intents,
+                seed,
+                stop_sending,
+                stop,
+                next: AtomicU64::new(0),
+                txn_clients: Mutex::new(Vec::new()),
+                consumers: Mutex::new(Vec::new()),
+                tasks: Mutex::new(tokio::task::JoinSet::new()),
+            }),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.inner.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Starts one more instance of the transactional producer group.
+    pub fn start_txn_client(&self) {
+        let n = self.next();
+        let kill = CancellationToken::new();
+        let client = TxnClient {
+            name: format!("x{n}"),
+            bootstrap: self.inner.bootstrap.clone(),
+            history: self.inner.history.clone(),
+            intents: self.inner.intents.clone(),
+            seed: self.inner.seed.wrapping_mul(31).wrapping_add(n),
+            stop_sending: self.inner.stop_sending.clone(),
+            stop: self.inner.stop.clone(),
+            kill: kill.clone(),
+        };
+        lock(&self.inner.txn_clients).push(kill);
+        lock(&self.inner.tasks).spawn(client.run());
+    }
+
+    /// Crashes the oldest live transactional producer instance.
+    pub fn crash_txn_client(&self) {
+        let mut clients = lock(&self.inner.txn_clients);
+        if !clients.is_empty() {
+            clients.remove(0).cancel();
+        }
+    }
+
+    /// Starts a transactional producer instance unless one is alive (check-backs need one).
+    pub fn make_sure_a_txn_client_runs(&self) {
+        if lock(&self.inner.txn_clients).is_empty() {
+            self.start_txn_client();
+        }
+    }
+
+    /// Starts one more consumer-group member.
+    pub fn start_consumer(&self) {
+        let n = self.next();
+        let kill = CancellationToken::new();
+        lock(&self.inner.consumers).push(kill.clone());
+        lock(&self.inner.tasks).spawn(clients::consumer(
+            format!("c{n}"),
+            self.inner.bootstrap.clone(),
+            self.inner.history.clone(),
+            self.inner.stop.clone(),
+            kill,
+        ));
+    }
+
+    /// Crashes the oldest live consumer.
+    pub fn crash_consumer(&self) {
+        let mut consumers = lock(&self.inner.consumers);
+        if !consumers.is_empty() {
+            consumers.remove(0).cancel();
+        }
+    }
+
+    /// Waits (at most 60 s) for every client this control started to end.
+    pub async fn wait(&self) {
+        let mut tasks = std::mem::take(&mut *lock(&self.inner.tasks));
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+    }
+}
+
+/// The fault schedule of one run.
+pub struct Faults {
+    scenario: Scenario,
+    rng: fastrand::Rng,
+    control: ClientControl,
+}
+
+impl Faults {
+    /// The schedule for `scenario` drawn from `seed`.
+    pub fn new(scenario: Scenario, seed: u64, control: ClientControl) -> Faults {
+        Faults { scenario, rng: fastrand::Rng::with_seed(seed), control }
+    }
+
+    fn ms(&mut self, range: std::ops::Range<u64>) -> Duration {
+        Duration::from_millis(self.rng.u64(range))
+    }
+
+    /// Injects faults for `duration`; every fault is undone before it returns.
+    pub async fn run(
+        &mut self,
+        cluster: &mut ChaosCluster,
+        duration: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        loop {
+            let wait = self.ms(1000..3000);
+            if Instant::now() + wait >= deadline {
+                tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+                return Ok(());
+            }
+            tokio::time::sleep(wait).await;
+            let at = started.elapsed().as_secs_f64();
+            let hold = self.inject(cluster).await?;
+            tracing::info!(at, scenario = self.scenario.name(), hold = ?hold, "fault injected");
+        }
+    }
+
+    /// One fault: inject, hold, undo. Returns what was done, for the log.
+    async fn inject(&mut self, cluster: &mut ChaosCluster) -> anyhow::Result<String> {
+        let leader = cluster.current_leader().await;
+        Ok(match self.scenario {
+            Scenario::LeaderKill => {
+                let hold = self.ms(500..3000);
+                let Some(l) = leader else { return Ok("no leader".into()) };
+                cluster.kill(l).await?;
+                tokio::time::sleep(hold).await;
+                cluster.restart(l)?;
+                format!("killed node {l} for {hold:?}")
+            }
+            Scenario::LeaderPause => {
+                let hold = self.ms(1500..4000);
+                let Some(l) = leader else { return Ok("no leader".into()) };
+                cluster.pause(l);
+                tokio::time::sleep(hold).await;
+                cluster.resume(l);
+                format!("paused node {l} for {hold:?}")
+            }
+            Scenario::LeaderPartition => {
+                let hold = self.ms(2000..5000);
+                let Some(l) = leader else { return Ok("no leader".into()) };
+                let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != l).collect();
+                cluster.net().partition(&[vec![l], others]).await?;
+                tokio::time::sleep(hold).await;
+                cluster.net().heal().await?;
+                format!("isolated node {l} for {hold:?}")
+            }
+            Scenario::FullRestart => {
+                let hold = self.ms(200..2000);
+                for id in cluster.ids() {
+                    cluster.kill(id).await?;
+                }
+                tokio::time::sleep(hold).await;
+                for id in cluster.ids() {
+                    cluster.restart(id)?;
+                }
+                cluster.leader(Duration::from_secs(30)).await?;
+                format!("killed every node for {hold:?}")
+            }
+            Scenario::ProducerCrash => {
+                let hold = self.ms(1000..3000);
+                self.control.crash_txn_client();
+                if let Some(l) = leader {
+                    cluster.kill(l).await?;
+                }
+                tokio::time::sleep(hold).await;
+                if let Some(l) = leader {
+                    cluster.restart(l)?;
+                }
+                self.control.start_txn_client();
+                format!("crashed a transactional producer and killed node {leader:?} for {hold:?}")
+            }
+            Scenario::ConsumerCrash => {
+                let hold = self.ms(500..2000);
+                self.control.crash_consumer();
+                let also_node = self.rng.bool();
+                let victim = if also_node { Some(self.rng.u64(1..=3)) } else { None };
+                if let Some(v) = victim {
+                    cluster.kill(v).await?;
+                }
+                tokio::time::sleep(hold).await;
+                if let Some(v) = victim {
+                    cluster.restart(v)?;
+                }
+                self.control.start_consumer();
+                format!("crashed a consumer (and node {victim:?}) for {hold:?}")
+            }
+        })
+    }
+}
