@@ -333,9 +333,15 @@ impl Conductor {
             in_flight: u32::try_from(self.all_sources().map(|s| s.in_flight()).sum::<usize>())
                 .unwrap_or(u32::MAX),
         };
+        // One heartbeat may not outlast the session: the client would retry until its retry
+        // deadline, while the leader drops this member and gives its partitions away.
+        let attempt = tokio::time::timeout(
+            config.session_timeout / 2,
+            self.shared.client.call_timeout(&request, config.request_timeout),
+        );
         let response = tokio::select! {
             () = self.closing.cancelled() => return false,
-            r = self.shared.client.call_timeout(&request, config.request_timeout) => r,
+            r = attempt => r.unwrap_or(Err(ClientError::Timeout(config.session_timeout / 2))),
         };
         let response = match response {
             Ok(r) => r,
