@@ -96,11 +96,9 @@ impl Applier {
             if self.partition_id(&o.topic, o.partition).is_err() {
                 continue;
             }
-            batch.put(
-                Cf::Groups,
-                offset_key(group, &o.topic, o.partition),
-                encode_value(o.offset, committed_ms),
-            );
+            let key = offset_key(group, &o.topic, o.partition);
+            batch.put(Cf::Groups, key.clone(), encode_value(o.offset, committed_ms));
+            self.offsets_overlay.push(key);
         }
         CommandResponse::Done
     }
@@ -112,8 +110,13 @@ impl Applier {
         topic: &str,
         batch: &mut WriteBatch,
     ) -> Result<(), StateError> {
-        for (key, _) in scan_all(self.store.as_ref(), Cf::Groups, &[], &[0xff])? {
-            let (_, t, _) = parse_key(&key)?;
+        let stored = scan_all(self.store.as_ref(), Cf::Groups, &[], &[0xff])?;
+        let keys = stored
+            .iter()
+            .map(|(k, _)| k.as_ref())
+            .chain(self.offsets_overlay.iter().map(Vec::as_slice));
+        for key in keys {
+            let (_, t, _) = parse_key(key)?;
             if t == topic {
                 batch.delete(Cf::Groups, key.to_vec());
             }
@@ -187,6 +190,25 @@ mod tests {
             committed_ms: ms,
             offsets: vec![GroupOffset { topic: topic.into(), partition, offset }],
         }
+    }
+
+    #[test]
+    fn a_commit_and_its_topic_deletion_in_one_apply_call_leave_nothing() {
+        let store = MemStore::new();
+        let mut a = applier(&store);
+        apply(
+            &store,
+            &mut a,
+            1,
+            Command::CreateTopic { name: "t".into(), partitions: 1, created_ms: 1 },
+        );
+        let mut wb = WriteBatch::new();
+        let mut changes = Changes::default();
+        a.apply(2, &commit("g", "t", 0, 4, 10), &mut wb, &mut changes);
+        a.apply(3, &Command::DeleteTopic { name: "t".into() }, &mut wb, &mut changes);
+        store.write(wb).unwrap();
+        a.publish(&changes);
+        assert!(a.shared().committed_offsets("g").unwrap().is_empty(), "same as applied apart");
     }
 
     #[test]

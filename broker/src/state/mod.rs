@@ -300,6 +300,10 @@ pub struct Applier {
     /// The same for delayed-message records (`None`: delivered), so a repeated delivery in
     /// the same call finds the message gone.
     delayed_overlay: HashMap<u64, Option<delayed::DelayedRecord>>,
+    /// Group-position keys written by the current apply call and not yet in the store, so a
+    /// topic deleted later in the same call forgets them too (replicas group entries into
+    /// apply calls differently; the outcome must not depend on it).
+    offsets_overlay: Vec<Vec<u8>>,
 }
 
 impl Applier {
@@ -319,6 +323,7 @@ impl Applier {
             txn_overlay: HashMap::new(),
             dedup_overlay: HashMap::new(),
             delayed_overlay: HashMap::new(),
+            offsets_overlay: Vec::new(),
         })
     }
 
@@ -338,6 +343,7 @@ impl Applier {
         self.txn_overlay.clear();
         self.dedup_overlay.clear();
         self.delayed_overlay.clear();
+        self.offsets_overlay.clear();
         self.shared.publish_all(&self.meta);
         Ok(())
     }
@@ -559,6 +565,7 @@ impl Applier {
         self.txn_overlay.clear();
         self.dedup_overlay.clear();
         self.delayed_overlay.clear();
+        self.offsets_overlay.clear();
         self.shared.publish(&self.meta, changes);
     }
 }
