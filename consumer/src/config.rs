@@ -20,6 +20,23 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default time a request is retried before the cluster is reported unreachable.
 pub const RETRY_DEADLINE_DEFAULT: Duration = Duration::from_secs(30);
 
+/// The cluster client a consumer reads through: handshakes as a consumer named `client_id`,
+/// `request_timeout` per attempt, retries until `retry_deadline`.
+pub(crate) fn cluster_client(
+    bootstrap: &str,
+    client_id: &str,
+    request_timeout: Duration,
+    retry_deadline: Duration,
+) -> Result<ferry_protocol::ClusterClient, ConsumerError> {
+    use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions};
+    let mut connect = ConnectOptions::new(client_id.to_string(), ClientKind::Consumer);
+    connect.request_timeout = request_timeout;
+    connect.connect_timeout = connect.connect_timeout.min(request_timeout);
+    let mut options = ClusterOptions::new(bootstrap, connect);
+    options.retry.deadline = retry_deadline;
+    ClusterClient::new(options).map_err(|e| ConsumerError::Config(e.to_string()))
+}
+
 /// Where reading starts in each partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {

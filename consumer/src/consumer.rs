@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use ferry_protocol::messages::{MetadataRequest, TopicMetadata};
-use ferry_protocol::{
-    ClientKind, ClusterClient, ClusterOptions, ConnectOptions, ErrorCode, Offset, PartitionIndex,
-};
+use ferry_protocol::{ErrorCode, Offset, PartitionIndex};
 use futures_util::stream::{FusedStream, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -56,13 +54,12 @@ impl Consumer {
     /// stored), or `Connect` when no leader answered within `retry_deadline`.
     pub async fn connect(config: ConsumerConfig) -> Result<Consumer> {
         config.validate()?;
-        let mut connect = ConnectOptions::new(config.client_id.clone(), ClientKind::Consumer);
-        connect.request_timeout = config.request_timeout;
-        connect.connect_timeout = connect.connect_timeout.min(config.request_timeout);
-        let mut options = ClusterOptions::new(&config.bootstrap, connect);
-        options.retry.deadline = config.retry_deadline;
-        let client =
-            ClusterClient::new(options).map_err(|e| ConsumerError::Config(e.to_string()))?;
+        let client = crate::config::cluster_client(
+            &config.bootstrap,
+            &config.client_id,
+            config.request_timeout,
+            config.retry_deadline,
+        )?;
         let unknown_topic = || ConsumerError::UnknownTopic { topic: config.topic.clone() };
         let request = MetadataRequest { topics: vec![config.topic.clone()] };
         let metadata = match client.call(&request).await {

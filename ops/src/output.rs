@@ -88,6 +88,25 @@ pub const ENCODING_UTF8: &str = "utf8";
 /// How a byte string that is not UTF-8 is rendered in JSON.
 pub const ENCODING_BASE64: &str = "base64";
 
+/// Bytes for a terminal, on one line: UTF-8 text with control characters escaped (`\n`,
+/// `\u{1b}`), else every byte escaped as in a Rust byte string (`\xff`), marked as such.
+pub fn printable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            let mut out = String::with_capacity(text.len());
+            for c in text.chars() {
+                if c.is_control() {
+                    out.extend(c.escape_default());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        Err(_) => format!("{} (not UTF-8; bytes escaped)", bytes.escape_ascii()),
+    }
+}
+
 /// `bytes` as a JSON-safe string with its encoding: the text itself when it is valid UTF-8,
 /// else standard base64 (with padding).
 pub fn text_or_base64(bytes: &[u8]) -> (String, &'static str) {

@@ -701,20 +701,7 @@ mod tests {
     }
 
     fn ev(client: &str, op: Op, f: Func, msg: &str) -> Event {
-        Event {
-            t: 0,
-            client: client.to_string(),
-            op,
-            f,
-            msg: msg.to_string(),
-            txn: None,
-            partition: None,
-            offset: None,
-            node: None,
-            decision: None,
-            attempt: None,
-            error: None,
-        }
+        Event::new(0, client, op, f, msg)
     }
 
     fn client_of(msg: &str) -> &str {

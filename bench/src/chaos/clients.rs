@@ -45,20 +45,8 @@ impl History {
 
     /// Appends one event; `fill` sets the optional fields.
     pub fn record(&self, client: &str, op: Op, f: Func, msg: &str, fill: impl FnOnce(&mut Event)) {
-        let mut e = Event {
-            t: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
-            client: client.to_string(),
-            op,
-            f,
-            msg: msg.to_string(),
-            txn: None,
-            partition: None,
-            offset: None,
-            node: None,
-            decision: None,
-            attempt: None,
-            error: None,
-        };
+        let t = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut e = Event::new(t, client, op, f, msg);
         fill(&mut e);
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push(e);
     }

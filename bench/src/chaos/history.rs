@@ -85,3 +85,23 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+impl Event {
+    /// An event with only the required fields set.
+    pub fn new(t: u64, client: &str, op: Op, f: Func, msg: &str) -> Event {
+        Event {
+            t,
+            client: client.to_string(),
+            op,
+            f,
+            msg: msg.to_string(),
+            txn: None,
+            partition: None,
+            offset: None,
+            node: None,
+            decision: None,
+            attempt: None,
+            error: None,
+        }
+    }
+}

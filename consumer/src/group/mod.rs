@@ -30,10 +30,7 @@ use ferry_protocol::group::{
     GroupHeartbeatRequest, LeaveGroupRequest, OffsetCommit,
 };
 use ferry_protocol::messages::{CreateTopicRequest, MetadataRequest};
-use ferry_protocol::{
-    ClientError, ClientKind, ClusterClient, ClusterOptions, ConnectOptions, ErrorCode, Offset,
-    PartitionIndex,
-};
+use ferry_protocol::{ClientError, ClusterClient, ErrorCode, Offset, PartitionIndex};
 use futures_util::stream::{FusedStream, Stream};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -97,13 +94,12 @@ impl GroupConsumer {
     /// `retry_deadline`.
     pub async fn subscribe(config: GroupConfig) -> Result<GroupConsumer> {
         config.validate()?;
-        let mut connect = ConnectOptions::new(config.client_id.clone(), ClientKind::Consumer);
-        connect.request_timeout = config.request_timeout;
-        connect.connect_timeout = connect.connect_timeout.min(config.request_timeout);
-        let mut options = ClusterOptions::new(&config.bootstrap, connect);
-        options.retry.deadline = config.retry_deadline;
-        let client =
-            ClusterClient::new(options).map_err(|e| ConsumerError::Config(e.to_string()))?;
+        let client = crate::config::cluster_client(
+            &config.bootstrap,
+            &config.client_id,
+            config.request_timeout,
+            config.retry_deadline,
+        )?;
         let connect_error =
             |source| ConsumerError::Connect { bootstrap: config.bootstrap.clone(), source };
         let metadata =

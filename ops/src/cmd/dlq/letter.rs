@@ -8,7 +8,7 @@ use ferry_protocol::group::{headers, retry_topic};
 use ferry_protocol::{Offset, PartitionIndex, Record};
 use serde::Serialize;
 
-use crate::output::{format_bytes, format_timestamp_ms, text_or_base64, Table};
+use crate::output::{format_bytes, format_timestamp_ms, printable, text_or_base64, Table};
 
 /// Characters of the last error shown in the `list` table (JSON has it whole).
 const LAST_ERROR_CHARS_MAX: usize = 80;
@@ -79,25 +79,6 @@ impl LetterRow {
             (Some(t), None, _) => t.clone(),
             (None, ..) => "-".into(),
         }
-    }
-}
-
-/// Bytes for a terminal, on one line: UTF-8 text with control characters escaped (`\n`),
-/// else every byte escaped as in a Rust byte string (`\xff`), marked as such.
-pub fn printable(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            let mut out = String::with_capacity(text.len());
-            for c in text.chars() {
-                if c.is_control() {
-                    out.extend(c.escape_default());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        }
-        Err(_) => format!("{} (not UTF-8; bytes escaped)", bytes.escape_ascii()),
     }
 }
 

@@ -11,7 +11,7 @@ use ferry_protocol::{DecisionOrigin, Record, RecordBatch, TxnState};
 use serde::Serialize;
 
 use crate::duration::format_span;
-use crate::output::{format_bytes, format_timestamp_ms, text_or_base64, Table};
+use crate::output::{format_bytes, format_timestamp_ms, printable, text_or_base64, Table};
 
 /// Width of `show`'s label column (`check timeout:` and `  header NAME:` fit).
 const SHOW_LABEL_CHARS: usize = 16;
@@ -194,25 +194,6 @@ impl PayloadJson {
             value,
             value_encoding,
         }
-    }
-}
-
-/// Bytes for a terminal, on one line: UTF-8 text with control characters escaped (`\n`,
-/// `\u{1b}`), else every byte escaped as in a Rust byte string (`\xff`), marked as such.
-fn printable(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            let mut out = String::with_capacity(text.len());
-            for c in text.chars() {
-                if c.is_control() {
-                    out.extend(c.escape_default());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        }
-        Err(_) => format!("{} (not UTF-8; bytes escaped)", bytes.escape_ascii()),
     }
 }
 
