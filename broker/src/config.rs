@@ -77,6 +77,7 @@ pub struct FileConfig {
     txn_check_backoff_ms: Option<Vec<u64>>,
     txn_check_max: Option<u32>,
     txn_check_exhausted: Option<String>,
+    txn_checks_in_flight_per_producer: Option<u32>,
     txn_retention_ms: Option<u64>,
     delay_max_ms: Option<u64>,
 }
@@ -141,6 +142,10 @@ pub struct Config {
     pub txn_check_max: u32,
     /// What happens after the last check.
     pub txn_check_exhausted: CheckExhausted,
+    /// Most check-backs sent and not yet answered per connected producer instance; checks
+    /// beyond it stay due (not counted) for a later tick, so a burst after a failover never
+    /// overflows a producer's queue and burns check attempts.
+    pub txn_checks_in_flight_per_producer: u32,
     /// How long a decided transaction is remembered (for idempotent decisions and listing).
     pub txn_retention: Duration,
     /// Furthest in the future a produce may set its deliver time (leader clock).
@@ -169,6 +174,7 @@ impl Default for Config {
             txn_check_backoff: [5, 10, 30, 60].into_iter().map(Duration::from_secs).collect(),
             txn_check_max: 15,
             txn_check_exhausted: CheckExhausted::Park,
+            txn_checks_in_flight_per_producer: 64,
             txn_retention: Duration::from_secs(24 * 3600),
             delay_max: DELAY_MAX_DEFAULT,
         }
@@ -181,6 +187,9 @@ pub const DELAY_MAX_DEFAULT: Duration = Duration::from_secs(40 * 24 * 3600);
 /// Largest `delay_max_ms` accepted: 10 years. Beyond it the value is more likely a unit slip
 /// (micro- for milliseconds) than a plan.
 pub const DELAY_MAX_LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Largest `txn_checks_in_flight_per_producer` accepted.
+pub const TXN_CHECKS_IN_FLIGHT_LIMIT: u32 = 65_536;
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_peers(list: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -282,6 +291,9 @@ impl Config {
         if let Some(v) = file.txn_check_max {
             c.txn_check_max = v;
         }
+        if let Some(v) = file.txn_checks_in_flight_per_producer {
+            c.txn_checks_in_flight_per_producer = v;
+        }
         c.txn_check_exhausted = match file.txn_check_exhausted.as_deref() {
             None | Some("park") => CheckExhausted::Park,
             Some("rollback") => CheckExhausted::Rollback,
@@ -332,6 +344,9 @@ impl Config {
         }
         if self.txn_check_max == 0 {
             bail!("txn_check_max must be at least 1");
+        }
+        if !(1..=TXN_CHECKS_IN_FLIGHT_LIMIT).contains(&self.txn_checks_in_flight_per_producer) {
+            bail!("txn_checks_in_flight_per_producer must be 1..={TXN_CHECKS_IN_FLIGHT_LIMIT}");
         }
         if self.txn_retention.is_zero() {
             bail!("txn_retention_ms must be > 0");
@@ -417,7 +432,7 @@ mod tests {
         };
         let c = load(
             "txn_check_timeout_ms = 500\ntxn_check_backoff_ms = [100, 200]\ntxn_check_max = 3\n\
-             txn_check_exhausted = \"rollback\"\n",
+             txn_check_exhausted = \"rollback\"\ntxn_checks_in_flight_per_producer = 50\n",
         )
         .unwrap();
         assert_eq!(c.txn_check_timeout, Duration::from_millis(500));
@@ -427,6 +442,9 @@ mod tests {
         );
         assert_eq!(c.txn_check_max, 3);
         assert_eq!(c.txn_check_exhausted, CheckExhausted::Rollback);
+        assert_eq!(c.txn_checks_in_flight_per_producer, 50);
+        assert!(load("txn_checks_in_flight_per_producer = 0\n").is_err());
+        assert!(load("txn_checks_in_flight_per_producer = 65537\n").is_err());
         assert!(load("txn_check_exhausted = \"drop\"\n").is_err());
         assert!(load("txn_check_backoff_ms = []\n").is_err());
         assert!(load("txn_check_max = 0\n").is_err());

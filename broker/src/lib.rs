@@ -91,6 +91,7 @@ impl Broker {
             advertised,
             shutdown: shutdown.clone(),
             producers: Arc::default(),
+            check_window: txn::CheckWindow::default(),
             groups: Arc::default(),
         });
         tasks.spawn(txn::run_coordinator(ctx.clone(), shutdown.clone()));

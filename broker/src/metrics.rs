@@ -124,6 +124,8 @@ pub struct TxnMetrics {
     pub check_unknown: IntCounter,
     /// Checks due while no producer of the group was connected (not counted).
     pub check_no_producer: IntCounter,
+    /// Due checks held back a tick by `txn_checks_in_flight_per_producer` (not counted).
+    pub check_deferred: IntCounter,
     /// Transactions parked after their last check.
     pub check_parked: IntCounter,
     /// Transactions rolled back after their last check (`txn_check_exhausted = rollback`).
@@ -174,7 +176,8 @@ impl Metrics {
             Opts::new(
                 "ferry_txn_checks_total",
                 "Transaction check-backs by result: commit, rollback, unknown (answers), \
-                 no_producer (none of the group connected; not counted), parked and \
+                 no_producer (none of the group connected; not counted), deferred (held back \
+                 a tick by txn_checks_in_flight_per_producer; not counted), parked and \
                  exhausted_rollback (after the last check).",
             ),
             &["result"],
@@ -214,6 +217,7 @@ impl Metrics {
             check_rollback: checks.with_label_values(&["rollback"]),
             check_unknown: checks.with_label_values(&["unknown"]),
             check_no_producer: checks.with_label_values(&["no_producer"]),
+            check_deferred: checks.with_label_values(&["deferred"]),
             check_parked: checks.with_label_values(&["parked"]),
             check_exhausted_rollback: checks.with_label_values(&["exhausted_rollback"]),
             decision_seconds,

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -90,6 +90,14 @@ impl ProducerRegistry {
         self.groups.lock().ok().and_then(|g| g.get(group).map(|m| m.sessions.len())).unwrap_or(0)
     }
 
+    /// Connected sessions per group (groups with none are absent).
+    pub fn live_counts(&self) -> HashMap<String, usize> {
+        self.groups
+            .lock()
+            .map(|g| g.iter().map(|(name, m)| (name.clone(), m.sessions.len())).collect())
+            .unwrap_or_default()
+    }
+
     /// Sends `frame` to one session of `group`, round-robin, skipping sessions whose queue is
     /// full or closed. False when no session took it.
     pub fn push(&self, group: &str, frame: &OutFrame) -> bool {
@@ -105,6 +113,49 @@ impl ProducerRegistry {
             }
         }
         false
+    }
+}
+
+/// Check-backs sent by this leader and not answered yet, so a producer is never sent more
+/// than it can hold (`txn_checks_in_flight_per_producer` per connected instance). A check
+/// leaves the window when any `EndTransaction` for its transaction arrives here, or when its
+/// next check falls due (the answer was lost, or went to another node).
+#[derive(Default)]
+pub struct CheckWindow {
+    sent: Mutex<HashMap<TxnId, SentCheck>>,
+}
+
+struct SentCheck {
+    group: String,
+    until_ms: u64,
+}
+
+impl CheckWindow {
+    /// Records a check sent for `txn` of `group`, outstanding until `until_ms` at most.
+    pub fn sent(&self, txn: TxnId, group: &str, until_ms: u64) {
+        let check = SentCheck { group: group.to_string(), until_ms };
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner).insert(txn, check);
+    }
+
+    /// An answer (or any decision) for `txn` arrived.
+    pub fn answered(&self, txn: TxnId) {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner).remove(&txn);
+    }
+
+    /// Forgets every check (a new term: this node's earlier checks were answered elsewhere).
+    pub fn clear(&self) {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// Unanswered checks per group at `now_ms`; expired ones are dropped.
+    pub fn in_flight_by_group(&self, now_ms: u64) -> HashMap<String, usize> {
+        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.retain(|_, c| c.until_ms > now_ms);
+        let mut by_group: HashMap<String, usize> = HashMap::new();
+        for check in sent.values() {
+            *by_group.entry(check.group.clone()).or_default() += 1;
+        }
+        by_group
     }
 }
 
@@ -158,6 +209,7 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
             tracing::info!(term = numbers.term, "transaction coordinator active");
             ready_term = Some(numbers.term);
             cursor.clear();
+            ctx.check_window.clear();
         }
         if let Err(e) = tick(&ctx, &mut cursor).await {
             tracing::warn!(error = %e, "transaction coordinator tick failed; retrying");
@@ -165,18 +217,37 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
+/// What the coordinator does with a due check timer this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckPlan {
+    /// Not a check to send: another timer kind, a stale timer, a decided transaction, or
+    /// one whose checks ran out.
+    None,
+    /// Send it (the half message is loaded).
+    Send,
+    /// No producer of the group is connected: recorded as an uncounted check.
+    NoProducer,
+    /// The group's check budget for this tick is spent: left due, untouched, for a later tick.
+    Deferred,
+}
+
 /// A due timer with what is needed to act on it.
 struct DueItem {
     timer: Timer,
     record: Option<TxnRecord>,
     batch: Option<Bytes>,
+    plan: CheckPlan,
 }
 
+/// Reads the timers due at `now_ms` from `from` with their transactions, and plans the checks:
+/// a group with a connected producer gets at most `budget[group]` sent, and only the half
+/// messages of checks that will be sent are read.
 async fn load_due(
     ctx: &Context,
     from: Vec<u8>,
     now_ms: u64,
     check_max: u32,
+    mut budget: HashMap<String, usize>,
 ) -> Result<Vec<DueItem>, StateError> {
     let state = ctx.replica.state().clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<Vec<DueItem>, StateError> {
@@ -185,21 +256,33 @@ async fn load_due(
         for timer in timers {
             if timer.kind == TimerKind::DelayedDelivery {
                 // Apply reads the record itself; its id is no transaction id.
-                out.push(DueItem { timer, record: None, batch: None });
+                out.push(DueItem { timer, record: None, batch: None, plan: CheckPlan::None });
                 continue;
             }
             let record = state.txn(TxnId(timer.id))?;
-            let batch = match &record {
+            let plan = match &record {
                 Some(r)
                     if timer.kind == TimerKind::TxnCheck
                         && r.state == TxnState::Pending
+                        && r.next_check_ms == timer.due_ms
                         && r.check_count < check_max =>
                 {
-                    Some(state.txn_batch(r)?)
+                    match budget.get_mut(&r.group) {
+                        None => CheckPlan::NoProducer,
+                        Some(0) => CheckPlan::Deferred,
+                        Some(left) => {
+                            *left -= 1;
+                            CheckPlan::Send
+                        }
+                    }
                 }
+                _ => CheckPlan::None,
+            };
+            let batch = match (&record, plan) {
+                (Some(r), CheckPlan::Send) => Some(state.txn_batch(r)?),
                 _ => None,
             };
-            out.push(DueItem { timer, record, batch });
+            out.push(DueItem { timer, record, batch, plan });
         }
         Ok(out)
     })
@@ -221,7 +304,19 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
             *cursor = low_key.to_vec();
         }
     }
-    let items = load_due(ctx, cursor.clone(), now, config.txn_check_max)
+    let per_session = usize::try_from(config.txn_checks_in_flight_per_producer).unwrap_or(1);
+    let in_flight = ctx.check_window.in_flight_by_group(now);
+    let budget = ctx
+        .producers
+        .live_counts()
+        .into_iter()
+        .map(|(group, sessions)| {
+            let open = in_flight.get(&group).copied().unwrap_or(0);
+            let budget = sessions.saturating_mul(per_session).saturating_sub(open);
+            (group, budget)
+        })
+        .collect();
+    let items = load_due(ctx, cursor.clone(), now, config.txn_check_max, budget)
         .await
         .map_err(|e| e.to_string())?;
     let next_cursor = match items.last() {
@@ -237,6 +332,10 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
     let mut exhausted = Vec::new();
     let mut purge = Vec::new();
     let mut delayed = Vec::new();
+    // The first deferred check: the next tick starts there (everything handled before and
+    // after it has had its timer moved or removed by the proposals below).
+    let mut resume_at: Option<Vec<u8>> = None;
+    let mut deferred = 0u64;
     for item in items {
         if item.timer.kind == TimerKind::DelayedDelivery {
             delayed.push(DelayedDue { id: item.timer.id, due_ms: item.timer.due_ms });
@@ -249,6 +348,11 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
             TimerKind::TxnPurge => purge.push(due),
             TimerKind::TxnCheck => {
                 if record.state != TxnState::Pending || record.next_check_ms != item.timer.due_ms {
+                    continue;
+                }
+                if item.plan == CheckPlan::Deferred {
+                    deferred += 1;
+                    resume_at.get_or_insert_with(|| item.timer.key().to_vec());
                     continue;
                 }
                 if record.check_count >= config.txn_check_max {
@@ -267,8 +371,13 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
                     check_count: record.check_count.saturating_add(1),
                     batch: item.batch.unwrap_or_default(),
                 };
-                let sent = ctx.producers.push(&record.group, &push_frame(&push));
+                let sent = item.plan == CheckPlan::Send
+                    && ctx.producers.push(&record.group, &push_frame(&push));
+                let delay = backoff_after(&config.txn_check_backoff, record.check_count);
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                let next_check_ms = now.saturating_add(delay_ms);
                 if sent {
+                    ctx.check_window.sent(due.txn_id, &record.group, next_check_ms);
                     tracing::debug!(
                         txn = due.txn_id.0,
                         check = push.check_count,
@@ -278,13 +387,11 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
                     ctx.metrics.txn.check_no_producer.inc();
                     tracing::debug!(txn = due.txn_id.0, group = %record.group, "no producer of the group connected; check not counted");
                 }
-                let delay = backoff_after(&config.txn_check_backoff, record.check_count);
-                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 checks.push(CheckRecord {
                     txn_id: due.txn_id,
                     expected_due_ms: due.due_ms,
                     counted: sent,
-                    next_check_ms: now.saturating_add(delay_ms),
+                    next_check_ms,
                 });
             }
         }
@@ -326,9 +433,13 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
     if !purge.is_empty() {
         propose(ctx, Command::PurgeTransactions { txns: purge }).await?;
     }
+    if deferred > 0 {
+        ctx.metrics.txn.check_deferred.inc_by(deferred);
+        tracing::debug!(deferred, "check-backs held back by txn_checks_in_flight_per_producer");
+    }
     // Only now: a failed proposal above leaves the cursor where it was, so the timers it did
     // not move are read again next tick.
-    *cursor = next_cursor;
+    *cursor = resume_at.unwrap_or(next_cursor);
     Ok(())
 }
 
@@ -365,6 +476,24 @@ pub fn observe_decision(ctx: &Context, created_ms: u64, decided_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_window_counts_unanswered_unexpired_checks_per_group() {
+        let window = CheckWindow::default();
+        window.sent(TxnId(1), "a", 1_000);
+        window.sent(TxnId(2), "a", 2_000);
+        window.sent(TxnId(3), "b", 2_000);
+        let counts = window.in_flight_by_group(500);
+        assert_eq!((counts.get("a"), counts.get("b")), (Some(&2), Some(&1)));
+        window.answered(TxnId(3));
+        window.answered(TxnId(99));
+        let counts = window.in_flight_by_group(1_000);
+        assert_eq!((counts.get("a"), counts.get("b")), (Some(&1), None));
+        window.sent(TxnId(2), "a", 3_000);
+        assert_eq!(window.in_flight_by_group(2_500).get("a"), Some(&1));
+        window.clear();
+        assert!(window.in_flight_by_group(0).is_empty());
+    }
 
     #[test]
     fn backoff_repeats_its_last_step() {

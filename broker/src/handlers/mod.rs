@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_protocol::frame::{RequestHeader, PROTOCOL_VERSION};
 use ferry_protocol::messages::*;
-use ferry_protocol::txn::{HeartbeatRequest, TransactionStatsRequest};
+use ferry_protocol::txn::{EndTransactionRequest, HeartbeatRequest, TransactionStatsRequest};
 use ferry_protocol::{ApiKey, ClientKind, Decode, Encode, ErrorCode, NodeId, RecordBatch};
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::replication::{Replica, ReplicaError};
 use crate::state::command::{Command, CommandResponse};
 use crate::state::{validate_topic_name, StateError, TOPIC_PARTITIONS_MAX};
-use crate::txn::ProducerRegistry;
+use crate::txn::{CheckWindow, ProducerRegistry};
 
 mod groups;
 mod transactions;
@@ -39,6 +39,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Producer sessions connected here, by group (check-back targets).
     pub producers: Arc<ProducerRegistry>,
+    /// Check-backs this leader sent that are not answered yet.
+    pub check_window: CheckWindow,
     /// Consumer-group members (on the leader).
     pub groups: Arc<GroupCoordinator>,
 }
@@ -159,7 +161,14 @@ pub async fn dispatch(
         ApiKey::RaftVote => ctx.replica.on_vote(body).await,
         ApiKey::RaftSnapshot => ctx.replica.on_snapshot(body).await,
         ApiKey::SendHalf => transactions::send_half(ctx, decode(body)?).await,
-        ApiKey::EndTransaction => transactions::end_transaction(ctx, decode(body)?).await,
+        ApiKey::EndTransaction => {
+            let req: EndTransactionRequest = decode(body)?;
+            let txn_id = req.txn_id;
+            let result = transactions::end_transaction(ctx, req).await;
+            // Answered or decided: the check no longer holds the producer's window.
+            ctx.check_window.answered(txn_id);
+            result
+        }
         ApiKey::Heartbeat => {
             let _: HeartbeatRequest = decode(body)?;
             if !ctx.replica.is_leader() {

@@ -161,9 +161,15 @@ impl Cluster {
             Some(p) => cmd.args(["--peers", &p]),
             None => cmd.arg("--join"),
         };
+        // FERRY_TEST_BROKER_LOG=<filter> shows the brokers' logs (they go to stdout), for
+        // debugging a test; otherwise only their stderr is shown.
+        let (filter, stdout) = match std::env::var("FERRY_TEST_BROKER_LOG") {
+            Ok(filter) => (filter, Stdio::inherit()),
+            Err(_) => ("warn".to_string(), Stdio::null()),
+        };
         let child = cmd
-            .env("FERRY_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("FERRY_LOG", filter)
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ferry-broker");
