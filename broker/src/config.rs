@@ -78,6 +78,7 @@ pub struct FileConfig {
     txn_check_max: Option<u32>,
     txn_check_exhausted: Option<String>,
     txn_checks_in_flight_per_producer: Option<u32>,
+    verify_data_on_start: Option<bool>,
     txn_retention_ms: Option<u64>,
     delay_max_ms: Option<u64>,
 }
@@ -150,6 +151,9 @@ pub struct Config {
     pub txn_retention: Duration,
     /// Furthest in the future a produce may set its deliver time (leader clock).
     pub delay_max: Duration,
+    /// Read the whole store at start, verifying checksums (damaged data is then replaced by
+    /// a resync from the leader rather than found while serving).
+    pub verify_data_on_start: bool,
 }
 
 impl Default for Config {
@@ -177,6 +181,7 @@ impl Default for Config {
             txn_checks_in_flight_per_producer: 64,
             txn_retention: Duration::from_secs(24 * 3600),
             delay_max: DELAY_MAX_DEFAULT,
+            verify_data_on_start: true,
         }
     }
 }
@@ -290,6 +295,9 @@ impl Config {
         }
         if let Some(v) = file.txn_check_max {
             c.txn_check_max = v;
+        }
+        if let Some(v) = file.verify_data_on_start {
+            c.verify_data_on_start = v;
         }
         if let Some(v) = file.txn_checks_in_flight_per_producer {
             c.txn_checks_in_flight_per_producer = v;

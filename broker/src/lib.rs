@@ -6,6 +6,7 @@ pub mod config;
 pub mod group;
 pub mod handlers;
 pub mod metrics;
+pub mod recovery;
 pub mod replication;
 pub mod server;
 pub mod state;
@@ -15,13 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use ferry_storage::rocks::RocksStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-use replication::{RaftTiming, Replica};
+use replication::{RaftTiming, Replica, StartMode};
 
 /// A running broker node.
 pub struct Broker {
@@ -56,9 +56,14 @@ impl Broker {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || RocksStore::open(&data_dir.join("db")))
-            .await?
-            .with_context(|| format!("cannot open store in {}", config.data_dir.display()))?;
+        let verify = config.verify_data_on_start;
+        let opened =
+            tokio::task::spawn_blocking(move || recovery::open_store(&data_dir, verify)).await??;
+        let store = opened.store;
+        let mode = StartMode {
+            resync: opened.resync,
+            resync_marker: recovery::marker_path(&config.data_dir),
+        };
         let timing = RaftTiming {
             heartbeat: config.raft_heartbeat,
             election_timeout: config.raft_election_timeout,
@@ -70,9 +75,11 @@ impl Broker {
             &config.data_dir.join("snapshots"),
             &timing,
             config.frame_bytes_max,
+            mode,
         )
         .await?;
-        if !config.join {
+        // A resyncing node is a member already: it waits for the leader's log.
+        if !config.join && !opened.resync {
             let members = if config.peers.is_empty() {
                 [(config.node_id, advertised.clone())].into_iter().collect()
             } else {

@@ -86,6 +86,11 @@ impl ChaosCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// A node's data directory.
+    pub fn data_dir(&self, id: u64) -> std::path::PathBuf {
+        self.nodes.get(&id).map(|n| n.data_dir.clone()).unwrap_or_default()
+    }
+
     /// Client addresses of every node, comma-separated.
     pub fn bootstrap(&self) -> String {
         self.nodes.keys().map(|id| self.net.advertised_addr(*id)).collect::<Vec<_>>().join(",")

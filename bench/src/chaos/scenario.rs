@@ -29,17 +29,22 @@ pub enum Scenario {
     ConsumerCrash,
     /// Every node SIGKILLed at once, then all restarted.
     FullRestart,
+    /// A follower is SIGKILLed, bytes of one of its database files (WAL or table) are
+    /// damaged, and it is restarted: it must detect the damage, resync from the leader, and
+    /// never lead before it has caught up.
+    DiskCorruption,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::LeaderKill,
         Scenario::LeaderPartition,
         Scenario::LeaderPause,
         Scenario::ProducerCrash,
         Scenario::ConsumerCrash,
         Scenario::FullRestart,
+        Scenario::DiskCorruption,
     ];
 
     /// The name on the command line.
@@ -51,6 +56,7 @@ impl Scenario {
             Scenario::ProducerCrash => "producer-crash",
             Scenario::ConsumerCrash => "consumer-crash",
             Scenario::FullRestart => "full-restart",
+            Scenario::DiskCorruption => "disk-corruption",
         }
     }
 
@@ -280,6 +286,17 @@ impl Faults {
                 self.control.start_txn_client();
                 format!("crashed a transactional producer and killed node {leader:?} for {hold:?}")
             }
+            Scenario::DiskCorruption => {
+                let Some(l) = leader else { return Ok("no leader".into()) };
+                let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != l).collect();
+                let victim = followers[self.rng.usize(..followers.len())];
+                cluster.kill(victim).await?;
+                let damaged = damage_one_file(&cluster.data_dir(victim).join("db"), &mut self.rng)?;
+                tokio::time::sleep(self.ms(200..1000)).await;
+                cluster.restart(victim)?;
+                let resync = watch_resync(cluster, victim).await?;
+                format!("damaged {damaged} of node {victim}; {resync}")
+            }
             Scenario::ConsumerCrash => {
                 let hold = self.ms(500..2000);
                 self.control.crash_consumer();
@@ -297,4 +314,60 @@ impl Faults {
             }
         })
     }
+}
+
+/// XORs 32 bytes at a seeded offset of one seeded file of the stopped node's database: a
+/// write-ahead log or table file that has data. Returns which file and where.
+fn damage_one_file(db: &std::path::Path, rng: &mut fastrand::Rng) -> anyhow::Result<String> {
+    let mut files: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(db)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log" || e == "sst"))
+        .filter_map(|p| {
+            let len = std::fs::metadata(&p).ok()?.len();
+            (len >= 4096).then_some((p, len))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no database file of 4 KiB or more to damage in {}", db.display());
+    }
+    let (file, len) = files.swap_remove(rng.usize(..files.len()));
+    let offset = rng.u64(len / 8..len - 64);
+    let mut bytes = std::fs::read(&file)?;
+    let at = usize::try_from(offset)?;
+    for b in &mut bytes[at..at + 32] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&file, bytes)?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(format!("{name} at {offset}"))
+}
+
+/// After a damaged node restarts: its damage must be detected (the resync marker appears
+/// before it answers) and it must not lead while it resyncs. Waits for the resync to end.
+async fn watch_resync(cluster: &ChaosCluster, id: u64) -> anyhow::Result<String> {
+    let marker = cluster.data_dir(id).join("RESYNC");
+    let started = Instant::now();
+    while cluster.status(id).await.is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("node {id} did not answer within 30 s of its restart");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !marker.exists() {
+        bail!("node {id} started on damaged data without detecting it");
+    }
+    while marker.exists() {
+        if let Some(s) = cluster.status(id).await {
+            if s.role == "leader" {
+                bail!("node {id} became leader while resyncing damaged data");
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("node {id} still resyncing 60 s after its restart");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(format!("resynced in {:.1} s", started.elapsed().as_secs_f64()))
 }

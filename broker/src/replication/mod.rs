@@ -13,6 +13,7 @@ pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod proposer;
+mod resync;
 pub mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPoli
 use self::log_store::RaftLog;
 use self::network::Network;
 use self::proposer::Proposer;
+use self::resync::Resync;
 use self::state_machine::StateMachine;
 use crate::state::command::{Command, CommandResponse};
 use crate::state::SharedState;
@@ -78,8 +80,19 @@ pub struct Replica {
     raft: Raft<TypeConfig>,
     shared: Arc<SharedState>,
     proposer: Proposer,
+    resync: Arc<Resync>,
     tasks: tokio_util::task::TaskTracker,
     cancel: tokio_util::sync::CancellationToken,
+}
+
+/// How a replica starts.
+#[derive(Debug, Clone)]
+pub struct StartMode {
+    /// Its data was found damaged and replaced by an empty store holding only the vote (or a
+    /// resync was under way): it neither votes nor campaigns until caught up with a leader.
+    pub resync: bool,
+    /// The file whose presence marks a resync in progress; removed when it completes.
+    pub resync_marker: std::path::PathBuf,
 }
 
 impl Replica {
@@ -91,6 +104,7 @@ impl Replica {
         snapshot_dir: &std::path::Path,
         timing: &RaftTiming,
         frame_bytes_max: usize,
+        mode: StartMode,
     ) -> anyhow::Result<Replica> {
         let heartbeat_ms = u64::try_from(timing.heartbeat.as_millis()).unwrap_or(u64::MAX);
         let election_ms = u64::try_from(timing.election_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -106,6 +120,8 @@ impl Replica {
             // the log is kept in full. Compaction behind snapshots needs the batches moved out
             // of the log first (segment files, see ARCHITECTURE.md, Storage).
             snapshot_policy: SnapshotPolicy::Never,
+            // A resyncing replica never campaigns (see `resync`); enabled once caught up.
+            enable_elect: !mode.resync,
             ..Config::default()
         };
         let config = Arc::new(config.validate()?);
@@ -116,7 +132,17 @@ impl Replica {
         let tasks = tokio_util::task::TaskTracker::new();
         let cancel = tokio_util::sync::CancellationToken::new();
         let proposer = Proposer::start(raft.clone(), node_id, &tasks, cancel.clone());
-        Ok(Replica { node_id, raft, shared, proposer, tasks, cancel })
+        let resync = Arc::new(Resync::new(mode.resync, mode.resync_marker));
+        if mode.resync {
+            tracing::warn!("resyncing from the leader: not voting or campaigning until caught up");
+            tasks.spawn(watch_resync(raft.clone(), resync.clone(), cancel.clone()));
+        }
+        Ok(Replica { node_id, raft, shared, proposer, resync, tasks, cancel })
+    }
+
+    /// Whether this node is resyncing damaged data (it neither votes nor campaigns).
+    pub fn is_resyncing(&self) -> bool {
+        self.resync.active()
     }
 
     /// Forms a new cluster from `members` if this node has never been part of one. Every
@@ -374,6 +400,7 @@ impl Replica {
     pub async fn on_append(&self, body: Bytes) -> Result<Bytes, ReplicaError> {
         let rpc = codec::decode_append(body)
             .map_err(|e| ReplicaError::new(ErrorCode::Malformed, e.to_string()))?;
+        self.resync.observe_append(&rpc);
         let resp = self.raft.append_entries(rpc).await.map_err(raft_err)?;
         Ok(codec::encode_append_response(&resp))
     }
@@ -382,6 +409,14 @@ impl Replica {
     pub async fn on_vote(&self, body: Bytes) -> Result<Bytes, ReplicaError> {
         let rpc = codec::decode_vote_request(body)
             .map_err(|e| ReplicaError::new(ErrorCode::Malformed, e.to_string()))?;
+        if self.resync.active() {
+            // Its log may lack entries it acknowledged before the damage: a vote could elect
+            // a candidate without them.
+            return Err(ReplicaError::new(
+                ErrorCode::Busy,
+                "resyncing damaged data from the leader; not voting until caught up",
+            ));
+        }
         let resp = self.raft.vote(rpc).await.map_err(raft_err)?;
         Ok(codec::encode_vote_response(&resp))
     }
@@ -458,4 +493,39 @@ pub struct RaftNumbers {
     pub is_leader: bool,
     /// False once Raft stopped on a fatal error.
     pub running: bool,
+}
+
+/// Ends a resync once the applied index reaches the target a leader announced.
+async fn watch_resync(
+    raft: Raft<TypeConfig>,
+    resync: Arc<Resync>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let applied = metrics.borrow().last_applied.map(|l| l.index);
+        if let (Some(target), Some(applied)) = (resync.target(), applied) {
+            if applied >= target {
+                match resync.finish() {
+                    Ok(()) => {
+                        raft.runtime_config().elect(true);
+                        tracing::info!(
+                            applied,
+                            target,
+                            "resync complete: voting and campaigning again"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot remove the resync marker; still resyncing")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
 }

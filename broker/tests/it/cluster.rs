@@ -11,7 +11,7 @@ use ferry_protocol::messages::CreateTopicRequest;
 use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions, PartitionIndex};
 use futures_util::StreamExt;
 
-use crate::harness::{Cluster, WAIT_MAX};
+use crate::harness::{wait_for, Cluster, WAIT_MAX};
 
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: u32) {
     let client = ClusterClient::new(ClusterOptions::new(
@@ -313,4 +313,111 @@ async fn a_restarted_leader_serves_no_read_before_it_reapplied_its_log() {
         }
     }
     eprintln!("retriable answers before the node was ready: {retriable}");
+}
+
+/// Every batch of `topic`/`partition` a node holds, read from that node alone.
+async fn read_local_all(addr: &str, topic: &str, partition: u32) -> Vec<(u64, Bytes)> {
+    use ferry_protocol::messages::ReadLocalRequest;
+    use ferry_protocol::{Connection, Offset, RecordBatch};
+    let conn =
+        Connection::connect(addr, &ConnectOptions::new("test", ClientKind::Admin)).await.unwrap();
+    let mut out = Vec::new();
+    let mut next = 0u64;
+    loop {
+        let req = ReadLocalRequest {
+            topic: topic.into(),
+            partition: PartitionIndex(partition),
+            offset: Offset(next),
+            max_bytes: 1 << 20,
+        };
+        let resp = conn.call(&req).await.unwrap();
+        for b in &resp.batches {
+            next =
+                b.base_offset.0 + u64::from(RecordBatch::parse(b.bytes.clone()).unwrap().count());
+            out.push((b.base_offset.0, b.bytes.clone()));
+        }
+        if resp.batches.is_empty() || next >= resp.high_watermark.0 {
+            return out;
+        }
+    }
+}
+
+/// XORs 32 bytes in the middle of the largest write-ahead log file of a RocksDB directory.
+fn damage_wal(db: &std::path::Path) {
+    let wal = std::fs::read_dir(db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 32] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&wal, bytes).unwrap();
+}
+
+/// A follower whose data was damaged while it was down finds the damage at start, moves the
+/// data aside, and resyncs from the leader. Until caught up it neither votes nor campaigns:
+/// with only it and one healthy node running, no leader is elected at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_damaged_data_resyncs_and_neither_votes_nor_leads_before() {
+    let mut cluster = Cluster::start(3).await;
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "kept", 1).await;
+    let producer = Producer::connect(producer_config(&bootstrap)).await.unwrap();
+    let send = |seq: u64| {
+        let producer = producer.clone();
+        async move {
+            let msg = Message::new(value(0, seq)).to_partition(PartitionIndex(0));
+            producer.send("kept", msg).await.unwrap().await.unwrap();
+        }
+    };
+    for seq in 0..400 {
+        send(seq).await;
+    }
+    cluster.wait_caught_up().await;
+    let leader = cluster.leader().await;
+    let followers: Vec<u64> =
+        cluster.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+    let (victim, healthy) = (followers[0], followers[1]);
+    cluster.kill(victim);
+    for seq in 400..500 {
+        send(seq).await;
+    }
+    producer.close().await.unwrap();
+    let data_dir = cluster.node(victim).data_dir.clone();
+    damage_wal(&data_dir.join("db"));
+
+    cluster.kill(leader);
+    cluster.restart(victim);
+    wait_for("the damaged node to answer", || cluster.status(victim)).await;
+    assert!(data_dir.join("RESYNC").exists(), "the damage was detected");
+    let moved_aside = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("damaged-"));
+    assert!(moved_aside, "the damaged data is kept aside for inspection");
+    // 4 s is 8 election timeouts: the healthy node campaigns and never wins without the
+    // damaged node's vote; the damaged node never campaigns.
+    let quiet_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < quiet_until {
+        for id in [victim, healthy] {
+            if let Some(s) = cluster.status(id).await {
+                assert_ne!(s.role, "leader", "node {id} was elected while {victim} resyncs");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cluster.restart(leader);
+    wait_for("the damaged node to finish its resync", || async {
+        (!data_dir.join("RESYNC").exists()).then_some(())
+    })
+    .await;
+    cluster.wait_caught_up().await;
+    let want = read_local_all(&cluster.node(healthy).addr, "kept", 0).await;
+    assert_eq!(want.len(), 500, "one batch per acknowledged send");
+    assert_eq!(read_local_all(&cluster.node(victim).addr, "kept", 0).await, want);
 }

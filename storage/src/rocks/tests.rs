@@ -88,6 +88,58 @@ fn second_open_of_the_same_directory_fails() {
     assert!(matches!(second, Err(crate::StorageError::Engine(_))), "{second:?}");
 }
 
+/// XORs 64 bytes in the middle of the largest file in `dir` whose name ends with `suffix`.
+fn damage_largest(dir: &std::path::Path, suffix: &str) {
+    let file = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap_or_else(|| panic!("no {suffix} file in {}", dir.display()));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&file, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_wal_record_fails_the_open_and_the_vote_is_salvaged() {
+    let dir = temp_dir();
+    {
+        let store = RocksStore::open(dir.path()).unwrap();
+        let entries: Vec<(u64, Bytes)> = (1..=200u64).map(|i| (i, log_payload(i))).collect();
+        store.append(&entries).unwrap();
+        store.save_meta(MetaKey::Vote, b"vote-7").unwrap();
+    }
+    damage_largest(dir.path(), ".log");
+    let opened = RocksStore::open(dir.path());
+    assert!(matches!(opened, Err(crate::StorageError::Corrupt { .. })), "{opened:?}");
+    let vote = RocksStore::salvage_vote(dir.path()).unwrap();
+    assert_eq!(vote.as_deref(), Some(&b"vote-7"[..]));
+}
+
+#[test]
+fn verify_reads_everything_and_finds_a_damaged_table_file() {
+    let dir = temp_dir();
+    {
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::new();
+        for i in 0..2_000u32 {
+            batch.put(Cf::Messages, i.to_be_bytes().to_vec(), vec![b'm'; 1000]);
+        }
+        store.write(batch).unwrap();
+        store.flush().unwrap();
+        let report = store.verify().unwrap();
+        assert_eq!(report.keys, 2_000);
+        assert_eq!(report.bytes, 2_000 * 1_004);
+    }
+    damage_largest(dir.path(), ".sst");
+    let found = RocksStore::open(dir.path()).and_then(|store| store.verify().map(|_| ()));
+    assert!(matches!(found, Err(crate::StorageError::Corrupt { .. })), "{found:?}");
+}
+
 #[test]
 fn export_is_byte_identical_to_mem_store() {
     let dir = temp_dir();
