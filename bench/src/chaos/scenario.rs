@@ -16,9 +16,10 @@ use super::cluster::ChaosCluster;
 /// A named fault pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// SIGKILL the leader, restart it a little later; again and again.
+    /// SIGKILL the leader (sometimes any node), restart it a little later; again and again.
     LeaderKill,
-    /// Cut the leader off from the other nodes (a minority of one), then heal.
+    /// Cut the leader off from the other nodes (a minority of one), then heal; sometimes a
+    /// follower instead, or every node from every other.
     LeaderPartition,
     /// SIGSTOP the leader for longer than an election, then SIGCONT.
     LeaderPause,
@@ -239,10 +240,14 @@ impl Faults {
             Scenario::LeaderKill => {
                 let hold = self.ms(500..3000);
                 let Some(l) = leader else { return Ok("no leader".into()) };
-                cluster.kill(l).await?;
+                // Mostly the leader; one time in four any node.
+                let ids = cluster.ids();
+                let victim =
+                    if self.rng.u8(..4) == 0 { ids[self.rng.usize(..ids.len())] } else { l };
+                cluster.kill(victim).await?;
                 tokio::time::sleep(hold).await;
-                cluster.restart(l)?;
-                format!("killed node {l} for {hold:?}")
+                cluster.restart(victim)?;
+                format!("killed node {victim} (leader {l}) for {hold:?}")
             }
             Scenario::LeaderPause => {
                 let hold = self.ms(1500..4000);
@@ -255,11 +260,23 @@ impl Faults {
             Scenario::LeaderPartition => {
                 let hold = self.ms(2000..5000);
                 let Some(l) = leader else { return Ok("no leader".into()) };
-                let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != l).collect();
-                cluster.net().partition(&[vec![l], others]).await?;
+                let ids = cluster.ids();
+                // Mostly the leader alone against the rest; sometimes a follower alone, or a
+                // split with no majority anywhere.
+                let sides: Vec<Vec<u64>> = match self.rng.u8(..5) {
+                    0 => ids.iter().map(|id| vec![*id]).collect(),
+                    1 => {
+                        let followers: Vec<u64> =
+                            ids.iter().copied().filter(|id| *id != l).collect();
+                        let f = followers[self.rng.usize(..followers.len())];
+                        vec![vec![f], ids.iter().copied().filter(|id| *id != f).collect()]
+                    }
+                    _ => vec![vec![l], ids.iter().copied().filter(|id| *id != l).collect()],
+                };
+                cluster.net().partition(&sides).await?;
                 tokio::time::sleep(hold).await;
                 cluster.net().heal().await?;
-                format!("isolated node {l} for {hold:?}")
+                format!("partitioned {sides:?} (leader {l}) for {hold:?}")
             }
             Scenario::FullRestart => {
                 let hold = self.ms(200..2000);
