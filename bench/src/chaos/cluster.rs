@@ -8,8 +8,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry_protocol::messages::{NodeStatusRequest, NodeStatusResponse};
-use ferry_protocol::{ClientKind, ConnectOptions, Connection};
+use ferry_protocol::messages::{
+    AddNodeRequest, NodeStatusRequest, NodeStatusResponse, RemoveNodeRequest,
+};
+use ferry_protocol::{
+    ClientKind, ClusterClient, ClusterOptions, ConnectOptions, Connection, NodeId,
+};
 use tokio::process::Child;
 
 use super::net::ChaosNet;
@@ -27,6 +31,11 @@ struct Node {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// In the cluster's membership (a spare is not, until added).
+    member: bool,
+    /// Starts with `--join` (waits to be added) rather than `--peers`: spares, and removed
+    /// nodes whose data was wiped.
+    joining: bool,
 }
 
 /// A cluster of broker processes.
@@ -39,12 +48,14 @@ pub struct ChaosCluster {
 }
 
 impl ChaosCluster {
-    /// Starts `ids` as one cluster under `dir` and waits for a leader.
+    /// Starts `ids` as one cluster under `dir` and waits for a leader. `spares` (also known
+    /// to `net`) are not started; [`ChaosCluster::add_node`] brings them in.
     pub async fn start(
         net: ChaosNet,
         broker: &Path,
         dir: &Path,
         ids: &[u64],
+        spares: &[u64],
     ) -> anyhow::Result<Self> {
         let config = dir.join("ferry.toml");
         std::fs::write(&config, BROKER_CONFIG).context("writing the broker config")?;
@@ -52,14 +63,18 @@ impl ChaosCluster {
             ids.iter().map(|id| format!("{id}={}", net.advertised_addr(*id))).collect();
         let nodes = ids
             .iter()
-            .map(|id| {
+            .map(|id| (*id, true))
+            .chain(spares.iter().map(|id| (*id, false)))
+            .map(|(id, member)| {
                 let node = Node {
                     data_dir: dir.join(format!("node-{id}")),
                     log: dir.join(format!("node-{id}.log")),
                     child: None,
                     paused: false,
+                    member,
+                    joining: !member,
                 };
-                (*id, node)
+                (id, node)
             })
             .collect();
         let mut cluster = ChaosCluster {
@@ -81,9 +96,91 @@ impl ChaosCluster {
         &self.net
     }
 
-    /// Node ids.
+    /// Ids of the current members.
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
+        self.nodes.iter().filter(|(_, n)| n.member).map(|(id, _)| *id).collect()
+    }
+
+    /// A node that is not a member (not running), if any.
+    pub fn spare(&self) -> Option<u64> {
+        self.nodes.iter().find(|(_, n)| !n.member).map(|(id, _)| *id)
+    }
+
+    /// An admin client over every node's address that retries for up to 60 s.
+    fn admin(&self) -> anyhow::Result<ClusterClient> {
+        let mut options = ClusterOptions::new(
+            &self.bootstrap(),
+            ConnectOptions::new("chaos-admin", ClientKind::Admin),
+        );
+        options.retry.deadline = Duration::from_secs(60);
+        ClusterClient::new(options).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Whether the leader lists `id` as a voter (`Some(true)`), as no member (`Some(false)`),
+    /// or has no clear answer yet (`None`).
+    async fn voter_in_leader_view(&self, id: u64) -> Option<bool> {
+        let leader = self.current_leader().await?;
+        let status = self.status(leader).await?;
+        match status.members.iter().find(|m| m.id == NodeId(id)) {
+            Some(m) if m.voter => Some(true),
+            Some(_) => None,
+            None => Some(false),
+        }
+    }
+
+    /// Starts spare `id` waiting to join and adds it as a voter; done once the leader lists
+    /// it as one. Retries (leader changes, refused concurrent changes) for up to 60 s.
+    pub async fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        if node.member {
+            bail!("node {id} is a member already");
+        }
+        node.member = true;
+        self.spawn(id)?;
+        let admin = self.admin()?;
+        let addr = self.net.advertised_addr(id);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let req = AddNodeRequest { node_id: NodeId(id), addr: addr.clone() };
+            if let Err(e) = admin.call(&req).await {
+                tracing::info!(node = id, error = %e, "adding a node failed; retrying");
+            }
+            if self.voter_in_leader_view(id).await == Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} was not added within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes member `id`; once the leader no longer lists it, kills it and wipes its data,
+    /// so it can be added again as a spare.
+    pub async fn remove_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let admin = self.admin()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Err(e) = admin.call(&RemoveNodeRequest { node_id: NodeId(id) }).await {
+                tracing::info!(node = id, error = %e, "removing a node failed; retrying");
+            }
+            if self.voter_in_leader_view(id).await == Some(false) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} was not removed within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.kill(id).await?;
+        let node = self.nodes.get_mut(&id).context("no such node")?;
+        node.member = false;
+        node.joining = true;
+        if node.data_dir.exists() {
+            std::fs::remove_dir_all(&node.data_dir)
+                .with_context(|| format!("wiping {}", node.data_dir.display()))?;
+        }
+        Ok(())
     }
 
     /// A node's data directory.
@@ -112,9 +209,13 @@ impl ChaosCluster {
             .args(["--node-id", &id.to_string()])
             .args(["--listen", &self.net.listen_addr(id)])
             .args(["--advertise", &self.net.advertised_addr(id)])
-            .args(["--admin-listen", &self.net.admin_addr(id)])
-            .args(["--peers", &self.peers])
-            .arg("--data-dir")
+            .args(["--admin-listen", &self.net.admin_addr(id)]);
+        if node.joining {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--peers", &self.peers]);
+        }
+        cmd.arg("--data-dir")
             .arg(&node.data_dir)
             .env("FERRY_LOG", std::env::var("FERRY_BROKER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
@@ -218,7 +319,7 @@ impl ChaosCluster {
         let live: Vec<u64> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.child.is_some() && !n.paused)
+            .filter(|(_, n)| n.member && n.child.is_some() && !n.paused)
             .map(|(id, _)| *id)
             .collect();
         let mut leader = None;
@@ -275,7 +376,8 @@ impl ChaosCluster {
 
     /// Kills every node and removes the network.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        for id in self.ids() {
+        let all: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in all {
             self.kill(id).await?;
         }
         self.net.shutdown().await

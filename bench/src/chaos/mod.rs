@@ -173,8 +173,11 @@ async fn run_one(
 ) -> anyhow::Result<(Report, PathBuf)> {
     let tmp = tempfile::Builder::new().prefix("ferry-chaos-").tempdir().context("temp dir")?;
     let run_id = format!("{:x}", (std::process::id() as u64) << 8 ^ seed & 0xff);
-    let net = ChaosNet::new(mode, &[1, 2, 3], &run_id).await.context("setting up the network")?;
-    let mut cluster = ChaosCluster::start(net, broker, tmp.path(), &[1, 2, 3]).await?;
+    // The membership scenario adds and removes nodes: it has a spare.
+    let spares: &[u64] = if scenario == Scenario::Membership { &[4] } else { &[] };
+    let all: Vec<u64> = [1, 2, 3].iter().chain(spares).copied().collect();
+    let net = ChaosNet::new(mode, &all, &run_id).await.context("setting up the network")?;
+    let mut cluster = ChaosCluster::start(net, broker, tmp.path(), &[1, 2, 3], spares).await?;
     let bootstrap = cluster.bootstrap();
     let admin = admin_client(&bootstrap)?;
     match admin.call(&CreateTopicRequest { name: TOPIC.into(), partitions: PARTITIONS }).await {
@@ -209,11 +212,12 @@ async fn run_one(
             }
         }
     }
+    let members = cluster.ids();
     cluster.shutdown().await?;
     let unresolved = outcome?;
     let report = checker::check(
         &history.events(),
-        &CheckInput { nodes: vec![1, 2, 3], unresolved_at_end: unresolved, consumers_ran: true },
+        &CheckInput { nodes: members, unresolved_at_end: unresolved, consumers_ran: true },
     );
     if report.acknowledged == 0 {
         bail!("no message was acknowledged during the run: nothing was tested");

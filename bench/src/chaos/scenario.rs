@@ -34,11 +34,15 @@ pub enum Scenario {
     /// damaged, and it is restarted: it must detect the damage, resync from the leader, and
     /// never lead before it has caught up.
     DiskCorruption,
+    /// A spare node is added as a voter while a member is down, then a member (sometimes the
+    /// leader) is removed while another is down; the removed node is wiped and becomes the
+    /// spare. Runs with a fourth node.
+    Membership,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::LeaderKill,
         Scenario::LeaderPartition,
         Scenario::LeaderPause,
@@ -46,6 +50,7 @@ impl Scenario {
         Scenario::ConsumerCrash,
         Scenario::FullRestart,
         Scenario::DiskCorruption,
+        Scenario::Membership,
     ];
 
     /// The name on the command line.
@@ -58,6 +63,7 @@ impl Scenario {
             Scenario::ConsumerCrash => "consumer-crash",
             Scenario::FullRestart => "full-restart",
             Scenario::DiskCorruption => "disk-corruption",
+            Scenario::Membership => "membership",
         }
     }
 
@@ -313,6 +319,25 @@ impl Faults {
                 cluster.restart(victim)?;
                 let resync = watch_resync(cluster, victim).await?;
                 format!("damaged {damaged} of node {victim}; {resync}")
+            }
+            Scenario::Membership => {
+                let Some(spare) = cluster.spare() else { return Ok("no spare node".into()) };
+                let members = cluster.ids();
+                let down = members[self.rng.usize(..members.len())];
+                cluster.kill(down).await?;
+                cluster.add_node(spare).await?;
+                cluster.restart(down)?;
+                let members = cluster.ids();
+                let gone = members[self.rng.usize(..members.len())];
+                let others: Vec<u64> = members.iter().copied().filter(|id| *id != gone).collect();
+                let down2 = others[self.rng.usize(..others.len())];
+                cluster.kill(down2).await?;
+                cluster.remove_node(gone).await?;
+                cluster.restart(down2)?;
+                format!(
+                    "added node {spare} while node {down} was down; removed node {gone} \
+                     (leader was {leader:?}) while node {down2} was down"
+                )
             }
             Scenario::ConsumerCrash => {
                 let hold = self.ms(500..2000);
