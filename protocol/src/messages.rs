@@ -612,7 +612,8 @@ pub struct NodeStatusResponse {
     pub node_id: NodeId,
     /// Its address.
     pub addr: String,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    /// `leader`, `follower`, `resyncing` (a follower rebuilding damaged data, not voting),
+    /// `candidate`, `learner` or `shutdown`.
     pub role: String,
     /// Its current term.
     pub term: u64,

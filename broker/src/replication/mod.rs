@@ -342,6 +342,9 @@ impl Replica {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let role = match m.state {
             ServerState::Leader => "leader",
+            // Following while it rebuilds damaged data: not voting, not campaigning (a
+            // learner until the membership entry reaches it again).
+            ServerState::Follower | ServerState::Learner if self.resync.active() => "resyncing",
             ServerState::Follower => "follower",
             ServerState::Candidate => "candidate",
             ServerState::Learner => "learner",

@@ -406,6 +406,9 @@ async fn a_follower_with_damaged_data_resyncs_and_neither_votes_nor_leads_before
         for id in [victim, healthy] {
             if let Some(s) = cluster.status(id).await {
                 assert_ne!(s.role, "leader", "node {id} was elected while {victim} resyncs");
+                if id == victim {
+                    assert_eq!(s.role, "resyncing");
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
