@@ -180,7 +180,7 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready_term: Option<u64> = None;
     // Timers before this key have fired (see `SharedState::due_timers_from`).
-    let mut cursor: Vec<u8> = Vec::new();
+    let mut cursor = Cursor::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -208,7 +208,7 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
             tracing::info!(term = numbers.term, "transaction coordinator active");
             ready_term = Some(numbers.term);
-            cursor.clear();
+            cursor = Cursor::default();
             ctx.check_window.clear();
         }
         if let Err(e) = tick(&ctx, &mut cursor).await {
@@ -290,18 +290,55 @@ async fn load_due(
     loaded.map_err(|e| StateError::Corrupt(format!("due-timer reader failed: {e}")))?
 }
 
+/// Where the next pass over the due timers starts.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// Timers before this key have been handled (see `SharedState::due_timers_from`).
+    at: Vec<u8>,
+    /// The first check deferred (window full) since the scan last restarted: the scan comes
+    /// back to it once it reached the end of what is due, so deferred checks are retried
+    /// without keeping later timers (other groups, delayed messages) waiting behind them.
+    rescan: Option<Vec<u8>>,
+}
+
+impl Cursor {
+    /// Moves on after a pass that read `read` timers (a full page when
+    /// `DUE_TIMERS_PER_TICK_MAX`), the last at `last_key`, deferring those from
+    /// `first_deferred` on.
+    fn advance(
+        &mut self,
+        read: usize,
+        last_key: Option<Vec<u8>>,
+        first_deferred: Option<Vec<u8>>,
+        now_ms: u64,
+    ) {
+        if let Some(first) = first_deferred {
+            if self.rescan.as_ref().is_none_or(|r| first < *r) {
+                self.rescan = Some(first);
+            }
+        }
+        self.at = match last_key {
+            Some(last) if read == DUE_TIMERS_PER_TICK_MAX => last,
+            _ => self
+                .rescan
+                .take()
+                .unwrap_or_else(|| now_ms.saturating_add(1).to_be_bytes().to_vec()),
+        };
+    }
+}
+
 /// One pass over the due timers from `cursor`; moves the cursor past what it handled.
 ///
 /// Timers added since the last pass may be due before the cursor (a short check timeout
 /// stamped before the last pass, applied after it): apply reports the earliest one added and
 /// the cursor moves back to it first.
-async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
+async fn tick(ctx: &Context, cursor: &mut Cursor) -> Result<(), String> {
     let config = &ctx.config;
     let now = ferry_protocol::now_ms();
     if let Some(low) = ctx.replica.state().take_timer_low_ms() {
         let low_key = low.to_be_bytes();
-        if low_key.as_slice() < cursor.as_slice() {
-            *cursor = low_key.to_vec();
+        if low_key.as_slice() < cursor.at.as_slice() {
+            cursor.at = low_key.to_vec();
         }
     }
     let per_session = usize::try_from(config.txn_checks_in_flight_per_producer).unwrap_or(1);
@@ -316,15 +353,13 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
             (group, budget)
         })
         .collect();
-    let items = load_due(ctx, cursor.clone(), now, config.txn_check_max, budget)
+    let items = load_due(ctx, cursor.at.clone(), now, config.txn_check_max, budget)
         .await
         .map_err(|e| e.to_string())?;
-    let next_cursor = match items.last() {
-        Some(last) if items.len() == DUE_TIMERS_PER_TICK_MAX => last.timer.key().to_vec(),
-        _ => now.saturating_add(1).to_be_bytes().to_vec(),
-    };
+    let read = items.len();
+    let last_key = items.last().map(|i| i.timer.key().to_vec());
     if items.is_empty() {
-        *cursor = next_cursor;
+        cursor.advance(read, last_key, None, now);
         return Ok(());
     }
     let mut checks = Vec::new();
@@ -439,7 +474,7 @@ async fn tick(ctx: &Context, cursor: &mut Vec<u8>) -> Result<(), String> {
     }
     // Only now: a failed proposal above leaves the cursor where it was, so the timers it did
     // not move are read again next tick.
-    *cursor = resume_at.unwrap_or(next_cursor);
+    cursor.advance(read, last_key, resume_at, now);
     Ok(())
 }
 
@@ -476,6 +511,26 @@ pub fn observe_decision(ctx: &Context, created_ms: u64, decided_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_checks_are_rescanned_after_the_scan_reached_the_end() {
+        let key = |n: u64| n.to_be_bytes().to_vec();
+        let full = DUE_TIMERS_PER_TICK_MAX;
+        let mut c = Cursor::default();
+        // A full page with checks deferred from key 10: the scan goes on to the next page.
+        c.advance(full, Some(key(50)), Some(key(10)), 1_000);
+        assert_eq!(c.at, key(50));
+        // Another full page deferring later ones: still onwards, the rescan point stays 10.
+        c.advance(full, Some(key(90)), Some(key(60)), 1_000);
+        assert_eq!(c.at, key(90));
+        // The end of what is due: back to the first deferred check.
+        c.advance(3, Some(key(95)), None, 1_000);
+        assert_eq!(c.at, key(10));
+        assert_eq!(c.rescan, None);
+        // Nothing deferred, nothing left: past now.
+        c.advance(0, None, None, 1_000);
+        assert_eq!(c.at, key(1_001));
+    }
 
     #[test]
     fn the_check_window_counts_unanswered_unexpired_checks_per_group() {
