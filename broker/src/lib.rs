@@ -57,8 +57,12 @@ impl Broker {
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         let data_dir = config.data_dir.clone();
         let verify = config.verify_data_on_start;
-        let opened =
-            tokio::task::spawn_blocking(move || recovery::open_store(&data_dir, verify)).await??;
+        // Damaged data can be rebuilt only from another replica.
+        let other_replicas = config.join || config.peers.len() > 1;
+        let opened = tokio::task::spawn_blocking(move || {
+            recovery::open_store(&data_dir, verify, other_replicas)
+        })
+        .await??;
         let store = opened.store;
         let mode = StartMode {
             resync: opened.resync,

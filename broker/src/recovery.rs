@@ -40,12 +40,13 @@ pub fn marker_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Opens `data_dir/db`, verifying it when `verify`; replaces it by an empty store that keeps
-/// the vote when it is damaged. Blocking.
+/// the vote when it is damaged and `other_replicas` can resend it. Blocking.
 ///
 /// # Errors
 /// The store cannot be opened for another reason than damage (e.g. another process holds
-/// it), or the damaged data cannot be moved aside.
-pub fn open_store(data_dir: &Path, verify: bool) -> anyhow::Result<Opened> {
+/// it); it is damaged and there is no other replica to resync from (nothing is moved); or
+/// the damaged data cannot be moved aside.
+pub fn open_store(data_dir: &Path, verify: bool, other_replicas: bool) -> anyhow::Result<Opened> {
     let db = data_dir.join("db");
     let fresh = data_dir.join("db.new");
     finish_interrupted_swap(&db, &fresh)?;
@@ -64,6 +65,13 @@ pub fn open_store(data_dir: &Path, verify: bool) -> anyhow::Result<Opened> {
         Err(StorageError::Corrupt { what, detail }) => format!("{what}: {detail}"),
         Err(e) => return Err(e).with_context(|| format!("cannot open store in {}", db.display())),
     };
+    if !other_replicas {
+        anyhow::bail!(
+            "the data in {} is damaged ({damage}) and this single-node broker has no other \
+             replica to resync from; restore it from a backup, or move it away to start empty",
+            db.display()
+        );
+    }
     tracing::error!(damage = %damage, "the data of this node is damaged; it will resync from the leader");
     let store = replace_damaged(data_dir, &db, &fresh)?;
     Ok(Opened { store, resync: true })
@@ -183,7 +191,7 @@ mod tests {
     fn damaged_data_is_moved_aside_keeping_the_vote_and_a_restart_resumes_the_resync() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let opened = open_store(dir.path(), true).unwrap();
+            let opened = open_store(dir.path(), true, true).unwrap();
             assert!(!opened.resync);
             let entries: Vec<(u64, Bytes)> =
                 (1..=300u64).map(|i| (i, Bytes::from(vec![i as u8; 300]))).collect();
@@ -192,7 +200,7 @@ mod tests {
         }
         damage_wal(&dir.path().join("db"));
         {
-            let opened = open_store(dir.path(), true).unwrap();
+            let opened = open_store(dir.path(), true, true).unwrap();
             assert!(opened.resync);
             assert_eq!(opened.store.last_index().unwrap(), None, "nothing damaged is kept");
             let vote = opened.store.read_meta(ferry_storage::MetaKey::Vote).unwrap();
@@ -207,10 +215,26 @@ mod tests {
             assert!(aside[0].path().join("db").exists());
         }
         // A restart during the resync resumes it with the same (healthy) store.
-        let opened = open_store(dir.path(), true).unwrap();
+        let opened = open_store(dir.path(), true, true).unwrap();
         assert!(opened.resync);
         let vote = opened.store.read_meta(ferry_storage::MetaKey::Vote).unwrap();
         assert_eq!(vote.as_deref(), Some(&b"vote-3"[..]));
+    }
+
+    #[test]
+    fn a_single_node_with_damaged_data_refuses_to_start_and_moves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let opened = open_store(dir.path(), true, false).unwrap();
+            let entries: Vec<(u64, Bytes)> =
+                (1..=300u64).map(|i| (i, Bytes::from(vec![i as u8; 300]))).collect();
+            opened.store.append(&entries).unwrap();
+        }
+        damage_wal(&dir.path().join("db"));
+        let refused = open_store(dir.path(), true, false).err().expect("refused");
+        assert!(refused.to_string().contains("no other replica"), "{refused}");
+        assert!(!marker_path(dir.path()).exists());
+        assert!(dir.path().join("db").exists(), "the damaged data stays where it is");
     }
 
     #[test]

@@ -179,7 +179,6 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(COORDINATOR_TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready_term: Option<u64> = None;
-    // Timers before this key have fired (see `SharedState::due_timers_from`).
     let mut cursor = Cursor::default();
     loop {
         tokio::select! {
@@ -367,8 +366,9 @@ async fn tick(ctx: &Context, cursor: &mut Cursor) -> Result<(), String> {
     let mut exhausted = Vec::new();
     let mut purge = Vec::new();
     let mut delayed = Vec::new();
-    // The first deferred check: the next tick starts there (everything handled before and
-    // after it has had its timer moved or removed by the proposals below).
+    // The first deferred check: the scan comes back to it (`Cursor::advance`). Everything
+    // handled around it has its timer moved or removed by the proposals below, so reading
+    // from there again sees only what is still due.
     let mut resume_at: Option<Vec<u8>> = None;
     let mut deferred = 0u64;
     for item in items {

@@ -140,11 +140,6 @@ impl Replica {
         Ok(Replica { node_id, raft, shared, proposer, resync, tasks, cancel })
     }
 
-    /// Whether this node is resyncing damaged data (it neither votes nor campaigns).
-    pub fn is_resyncing(&self) -> bool {
-        self.resync.active()
-    }
-
     /// Forms a new cluster from `members` if this node has never been part of one. Every
     /// founding node may call this with the same members; a node with state ignores it.
     pub async fn initialize(&self, members: BTreeMap<u64, String>) -> anyhow::Result<()> {
