@@ -116,20 +116,39 @@ impl ChaosCluster {
         ClusterClient::new(options).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Whether the leader lists `id` as a voter (`Some(true)`), as no member (`Some(false)`),
-    /// or has no clear answer yet (`None`).
-    async fn voter_in_leader_view(&self, id: u64) -> Option<bool> {
-        let leader = self.current_leader().await?;
-        let status = self.status(leader).await?;
-        match status.members.iter().find(|m| m.id == NodeId(id)) {
-            Some(m) if m.voter => Some(true),
-            Some(_) => None,
-            None => Some(false),
+    /// Whether every running member but `except` answers, follows one leader among them, and
+    /// lists `id` as a voter (`voter`) or not at all (`!voter`). A single node's view is not
+    /// enough: a deposed leader may still show a configuration that never committed, and a
+    /// node wrongly taken for removed would then be wiped while it still votes.
+    async fn membership_settled(&self, id: u64, voter: bool, except: Option<u64>) -> bool {
+        let running: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(nid, n)| n.member && n.child.is_some() && !n.paused && Some(**nid) != except)
+            .map(|(nid, _)| *nid)
+            .collect();
+        let mut leader = None;
+        for nid in &running {
+            let Some(status) = self.status(*nid).await else { return false };
+            let Some(l) = status.leader_id.map(|l| l.0) else { return false };
+            if leader.is_some_and(|x| x != l) {
+                return false;
+            }
+            leader = Some(l);
+            let listed = status.members.iter().find(|m| m.id == NodeId(id));
+            let settled = match listed {
+                Some(m) => voter && m.voter,
+                None => !voter,
+            };
+            if !settled {
+                return false;
+            }
         }
+        leader.is_some_and(|l| running.contains(&l))
     }
 
-    /// Starts spare `id` waiting to join and adds it as a voter; done once the leader lists
-    /// it as one. Retries (leader changes, refused concurrent changes) for up to 60 s.
+    /// Starts spare `id` waiting to join and adds it as a voter; done once every running
+    /// member lists it as one. Retries (leader changes, refused concurrent changes) for up to 60 s.
     pub async fn add_node(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(&id).context("no such node")?;
         if node.member {
@@ -145,7 +164,7 @@ impl ChaosCluster {
             if let Err(e) = admin.call(&req).await {
                 tracing::info!(node = id, error = %e, "adding a node failed; retrying");
             }
-            if self.voter_in_leader_view(id).await == Some(true) {
+            if self.membership_settled(id, true, None).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -155,8 +174,8 @@ impl ChaosCluster {
         }
     }
 
-    /// Removes member `id`; once the leader no longer lists it, kills it and wipes its data,
-    /// so it can be added again as a spare.
+    /// Removes member `id`; once no other running member lists it, kills it and wipes its
+    /// data, so it can be added again as a spare.
     pub async fn remove_node(&mut self, id: u64) -> anyhow::Result<()> {
         let admin = self.admin()?;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -164,7 +183,7 @@ impl ChaosCluster {
             if let Err(e) = admin.call(&RemoveNodeRequest { node_id: NodeId(id) }).await {
                 tracing::info!(node = id, error = %e, "removing a node failed; retrying");
             }
-            if self.voter_in_leader_view(id).await == Some(false) {
+            if self.membership_settled(id, false, Some(id)).await {
                 break;
             }
             if Instant::now() > deadline {
