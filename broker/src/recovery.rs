@@ -148,9 +148,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+/// Makes renames, creations and removals in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Keeps only the newest copy of damaged data (each is a whole database).

@@ -203,8 +203,8 @@ impl ChaosCluster {
     }
 
     /// A node's data directory.
-    pub fn data_dir(&self, id: u64) -> std::path::PathBuf {
-        self.nodes.get(&id).map(|n| n.data_dir.clone()).unwrap_or_default()
+    pub fn data_dir(&self, id: u64) -> anyhow::Result<PathBuf> {
+        self.nodes.get(&id).map(|n| n.data_dir.clone()).with_context(|| format!("no node {id}"))
     }
 
     /// Client addresses of every node, comma-separated.

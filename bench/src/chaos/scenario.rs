@@ -314,7 +314,8 @@ impl Faults {
                 let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != l).collect();
                 let victim = followers[self.rng.usize(..followers.len())];
                 cluster.kill(victim).await?;
-                let damaged = damage_one_file(&cluster.data_dir(victim).join("db"), &mut self.rng)?;
+                let damaged =
+                    damage_one_file(&cluster.data_dir(victim)?.join("db"), &mut self.rng)?;
                 tokio::time::sleep(self.ms(200..1000)).await;
                 cluster.restart(victim)?;
                 let resync = watch_resync(cluster, victim).await?;
@@ -389,7 +390,7 @@ fn damage_one_file(db: &std::path::Path, rng: &mut fastrand::Rng) -> anyhow::Res
 /// After a damaged node restarts: its damage must be detected (the resync marker appears
 /// before it answers) and it must not lead while it resyncs. Waits for the resync to end.
 async fn watch_resync(cluster: &ChaosCluster, id: u64) -> anyhow::Result<String> {
-    let marker = cluster.data_dir(id).join("RESYNC");
+    let marker = cluster.data_dir(id)?.join("RESYNC");
     let started = Instant::now();
     while cluster.status(id).await.is_none() {
         if started.elapsed() > Duration::from_secs(30) {

@@ -69,7 +69,7 @@ impl Resync {
             Err(e) => return Err(e),
         }
         if let Some(dir) = self.marker.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+            crate::recovery::sync_dir(dir)?;
         }
         self.active.store(false, Ordering::Release);
         Ok(())

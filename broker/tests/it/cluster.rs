@@ -191,8 +191,7 @@ async fn stopped_follower_catches_up_and_full_restart_keeps_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_serves_the_same_batches_to_read_local() {
-    use ferry_protocol::messages::ReadLocalRequest;
-    use ferry_protocol::{Connection, ErrorCode, Offset};
+    use ferry_protocol::ErrorCode;
     let cluster = Cluster::start(3).await;
     let bootstrap = cluster.bootstrap();
     create_topic(&bootstrap, "replicas", 1).await;
@@ -204,37 +203,14 @@ async fn every_replica_serves_the_same_batches_to_read_local() {
     producer.close().await.unwrap();
     cluster.wait_caught_up().await;
 
-    let read_all = |addr: String, kind: ClientKind| async move {
-        let conn = Connection::connect(&addr, &ConnectOptions::new("test", kind)).await.unwrap();
-        let mut out = Vec::new();
-        let mut next = 0u64;
-        loop {
-            let req = ReadLocalRequest {
-                topic: "replicas".into(),
-                partition: PartitionIndex(0),
-                offset: Offset(next),
-                max_bytes: 4096,
-            };
-            let resp = conn.call(&req).await?;
-            for b in &resp.batches {
-                next = b.base_offset.0
-                    + u64::from(
-                        ferry_protocol::RecordBatch::parse(b.bytes.clone()).unwrap().count(),
-                    );
-                out.push((b.base_offset.0, b.bytes.clone()));
-            }
-            if resp.batches.is_empty() || next >= resp.high_watermark.0 {
-                return Ok::<_, ferry_protocol::ClientError>(out);
-            }
-        }
-    };
     let mut seen = Vec::new();
     for node in &cluster.nodes {
-        seen.push(read_all(node.addr.clone(), ClientKind::Admin).await.unwrap());
+        seen.push(read_local(&node.addr, ClientKind::Admin, "replicas", 0, 4096).await.unwrap());
     }
     assert_eq!(seen[0].len(), 300, "one batch per acknowledged send");
     assert!(seen.iter().all(|s| *s == seen[0]), "followers hold the leader's batches");
-    let refused = read_all(cluster.node(1).addr.clone(), ClientKind::Consumer).await;
+    let refused =
+        read_local(&cluster.node(1).addr, ClientKind::Consumer, "replicas", 0, 4096).await;
     assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::AuthFailed));
 }
 
@@ -315,12 +291,18 @@ async fn a_restarted_leader_serves_no_read_before_it_reapplied_its_log() {
     eprintln!("retriable answers before the node was ready: {retriable}");
 }
 
-/// Every batch of `topic`/`partition` a node holds, read from that node alone.
-async fn read_local_all(addr: &str, topic: &str, partition: u32) -> Vec<(u64, Bytes)> {
+/// Every batch of `topic`/`partition` a node holds, read from that node alone as a client of
+/// `kind`, `max_bytes` per request.
+async fn read_local(
+    addr: &str,
+    kind: ClientKind,
+    topic: &str,
+    partition: u32,
+    max_bytes: u32,
+) -> Result<Vec<(u64, Bytes)>, ferry_protocol::ClientError> {
     use ferry_protocol::messages::ReadLocalRequest;
     use ferry_protocol::{Connection, Offset, RecordBatch};
-    let conn =
-        Connection::connect(addr, &ConnectOptions::new("test", ClientKind::Admin)).await.unwrap();
+    let conn = Connection::connect(addr, &ConnectOptions::new("test", kind)).await?;
     let mut out = Vec::new();
     let mut next = 0u64;
     loop {
@@ -328,16 +310,16 @@ async fn read_local_all(addr: &str, topic: &str, partition: u32) -> Vec<(u64, By
             topic: topic.into(),
             partition: PartitionIndex(partition),
             offset: Offset(next),
-            max_bytes: 1 << 20,
+            max_bytes,
         };
-        let resp = conn.call(&req).await.unwrap();
+        let resp = conn.call(&req).await?;
         for b in &resp.batches {
             next =
                 b.base_offset.0 + u64::from(RecordBatch::parse(b.bytes.clone()).unwrap().count());
             out.push((b.base_offset.0, b.bytes.clone()));
         }
         if resp.batches.is_empty() || next >= resp.high_watermark.0 {
-            return out;
+            return Ok(out);
         }
     }
 }
@@ -420,7 +402,8 @@ async fn a_follower_with_damaged_data_resyncs_and_neither_votes_nor_leads_before
     })
     .await;
     cluster.wait_caught_up().await;
-    let want = read_local_all(&cluster.node(healthy).addr, "kept", 0).await;
+    let read = |id: u64| read_local(&cluster.node(id).addr, ClientKind::Admin, "kept", 0, 1 << 20);
+    let want = read(healthy).await.unwrap();
     assert_eq!(want.len(), 500, "one batch per acknowledged send");
-    assert_eq!(read_local_all(&cluster.node(victim).addr, "kept", 0).await, want);
+    assert_eq!(read(victim).await.unwrap(), want);
 }
