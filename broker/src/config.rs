@@ -81,6 +81,7 @@ pub struct FileConfig {
     verify_data_on_start: Option<bool>,
     txn_retention_ms: Option<u64>,
     delay_max_ms: Option<u64>,
+    dedup_window_ms: Option<u64>,
 }
 
 /// What happens to a transaction whose last check-back went unanswered.
@@ -151,6 +152,9 @@ pub struct Config {
     pub txn_retention: Duration,
     /// Furthest in the future a produce may set its deliver time (leader clock).
     pub delay_max: Duration,
+    /// How long a partition remembers a stored batch (producer id + sequence) or record
+    /// (`ferry-dedup-id`) to drop a retry of it.
+    pub dedup_window: Duration,
     /// Read the whole store at start, verifying checksums (damaged data is then replaced by
     /// a resync from the leader rather than found while serving).
     pub verify_data_on_start: bool,
@@ -181,6 +185,7 @@ impl Default for Config {
             txn_checks_in_flight_per_producer: 64,
             txn_retention: Duration::from_secs(24 * 3600),
             delay_max: DELAY_MAX_DEFAULT,
+            dedup_window: Duration::from_secs(3600),
             verify_data_on_start: true,
         }
     }
@@ -192,6 +197,10 @@ pub const DELAY_MAX_DEFAULT: Duration = Duration::from_secs(40 * 24 * 3600);
 /// Largest `delay_max_ms` accepted: 10 years. Beyond it the value is more likely a unit slip
 /// (micro- for milliseconds) than a plan.
 pub const DELAY_MAX_LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Accepted `dedup_window_ms`: 1 s to 7 days.
+pub const DEDUP_WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
 
 /// Largest `txn_checks_in_flight_per_producer` accepted.
 pub const TXN_CHECKS_IN_FLIGHT_LIMIT: u32 = 65_536;
@@ -313,6 +322,9 @@ impl Config {
         if let Some(v) = file.delay_max_ms {
             c.delay_max = Duration::from_millis(v);
         }
+        if let Some(v) = file.dedup_window_ms {
+            c.dedup_window = Duration::from_millis(v);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -361,6 +373,13 @@ impl Config {
         }
         if self.delay_max.is_zero() || self.delay_max > DELAY_MAX_LIMIT {
             bail!("delay_max_ms must be 1..={}", DELAY_MAX_LIMIT.as_millis());
+        }
+        if !DEDUP_WINDOW_RANGE.contains(&self.dedup_window) {
+            bail!(
+                "dedup_window_ms must be {}..={}",
+                DEDUP_WINDOW_RANGE.start().as_millis(),
+                DEDUP_WINDOW_RANGE.end().as_millis()
+            );
         }
         Ok(())
     }
@@ -414,6 +433,20 @@ mod tests {
         assert_eq!(c.txn_check_exhausted, d.txn_check_exhausted);
         assert_eq!(c.txn_retention, d.txn_retention);
         assert_eq!(c.delay_max, d.delay_max);
+        assert_eq!(c.dedup_window, d.dedup_window);
+    }
+
+    #[test]
+    fn dedup_window_parses_and_rejects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::from_args(Args { config: Some(path.clone()), ..Args::default() })
+        };
+        assert_eq!(load("dedup_window_ms = 60000\n").unwrap().dedup_window.as_secs(), 60);
+        assert!(load("dedup_window_ms = 999\n").is_err());
+        assert!(load("dedup_window_ms = 604800001\n").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dedup;
 pub mod group;
 pub mod handlers;
 pub mod metrics;

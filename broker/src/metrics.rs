@@ -18,6 +18,10 @@ pub struct Metrics {
     pub messages_in: IntCounter,
     /// Batch bytes accepted by produce.
     pub bytes_in: IntCounter,
+    /// Records dropped by idempotent produce as already stored.
+    pub produce_duplicates: IntCounter,
+    /// Dedup entries forgotten after their window.
+    pub dedup_expired: IntCounter,
     /// Records returned by fetch (counted per batch's records).
     pub messages_out: IntCounter,
     /// Batch bytes returned by fetch.
@@ -285,6 +289,16 @@ impl Metrics {
             groups,
             messages_in: counter("ferry_messages_in_total", "Messages appended by produce.")?,
             bytes_in: counter("ferry_bytes_in_total", "Record-batch bytes appended by produce.")?,
+            produce_duplicates: counter(
+                "ferry_produce_duplicates_total",
+                "Records a produce request carried that the partition already held (same \
+                 producer id and sequence, or same ferry-dedup-id, within dedup_window_ms); \
+                 dropped, not stored again.",
+            )?,
+            dedup_expired: counter(
+                "ferry_dedup_expired_total",
+                "Produce dedup entries forgotten after dedup_window_ms.",
+            )?,
             messages_out: counter("ferry_messages_out_total", "Messages served by fetch.")?,
             bytes_out: counter("ferry_bytes_out_total", "Record-batch bytes served by fetch.")?,
             request_duration,

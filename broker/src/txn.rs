@@ -8,6 +8,8 @@
 //! parked transactions, purges. A new leader therefore resumes where the old one stopped; at
 //! worst a check made just before a failover is made once more.
 //!
+//! Every tenth tick it also expires old produce dedup entries (`crate::dedup`).
+//!
 //! The same pass delivers due delayed messages (`state::delayed`): one `DeliverDelayed` per
 //! tick names them in timer order (due time, then id = production order). Delivery is
 //! idempotent in apply, so a new leader proposing again what its predecessor delivered
@@ -34,6 +36,9 @@ use crate::state::StateError;
 
 /// How often the coordinator looks for due timers.
 pub const COORDINATOR_TICK: Duration = Duration::from_millis(100);
+
+/// The coordinator proposes the expiry of old produce dedup entries every this many ticks.
+const DEDUP_EXPIRY_EVERY_TICKS: u64 = 10;
 
 /// Most due timers handled per tick (the rest wait for the next tick).
 pub const DUE_TIMERS_PER_TICK_MAX: usize = 1024;
@@ -180,6 +185,8 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready_term: Option<u64> = None;
     let mut cursor = Cursor::default();
+    let mut expiry = crate::dedup::ExpiryCursor::default();
+    let mut ticks_to_expiry = DEDUP_EXPIRY_EVERY_TICKS;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -208,10 +215,18 @@ pub async fn run_coordinator(ctx: Arc<Context>, shutdown: CancellationToken) {
             tracing::info!(term = numbers.term, "transaction coordinator active");
             ready_term = Some(numbers.term);
             cursor = Cursor::default();
+            expiry.reset();
             ctx.check_window.clear();
         }
         if let Err(e) = tick(&ctx, &mut cursor).await {
             tracing::warn!(error = %e, "transaction coordinator tick failed; retrying");
+        }
+        ticks_to_expiry -= 1;
+        if ticks_to_expiry == 0 {
+            ticks_to_expiry = DEDUP_EXPIRY_EVERY_TICKS;
+            if let Err(e) = crate::dedup::expire(&ctx, &mut expiry).await {
+                tracing::warn!(error = %e, "produce dedup expiry failed; retrying");
+            }
         }
     }
 }

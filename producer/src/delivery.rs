@@ -19,7 +19,10 @@ pub struct Delivered {
     /// The partition it went to.
     pub partition: PartitionIndex,
     /// Its offset in that partition. `Offset(0)` and meaningless when the message was
-    /// scheduled (`deliver_at_ms` is set): it gets its offset once due.
+    /// scheduled (`deliver_at_ms` is set): it gets its offset once due. A batch the broker
+    /// already held (a retry whose first answer was lost) reports where it was stored first;
+    /// when only some records of a batch were dropped as duplicates of `ferry-dedup-id`s
+    /// stored before, the offsets of its other messages are approximate.
     pub offset: Offset,
     /// Set when the message was scheduled (a deliver time after the leader's clock): it is
     /// stored durably, invisible, and appended to the partition at this time (ms since the

@@ -23,9 +23,13 @@
 //! It survives leader failover and restarts. Messages with different deliver times never
 //! share a batch.
 //!
-//! Delivery is at least once: a batch whose response was lost is retried by the cluster
-//! client and may be stored twice (producer id and sequences are filled in for the broker's
-//! future deduplication).
+//! Retries are idempotent within the broker's dedup window (`dedup_window_ms`, default one
+//! hour): a batch whose response was lost is retried by the cluster client with the same
+//! producer id and sequence, and the partition drops it if it stored it already. A send that
+//! failed (retry deadline passed) and is sent again by the application is a new batch. A message
+//! carrying a `ferry-dedup-id` header is stored at most once per partition within the window
+//! whichever batch or producer it comes in (the outbox relay uses this). A producer restarted
+//! gets a new producer id: re-sending after a crash can duplicate unless records carry ids.
 //!
 //! Transactions: a [`TransactionalProducer`] stores a message as an invisible half message
 //! ([`TransactionalProducer::send_half`]), the caller runs its local transaction, then

@@ -465,7 +465,7 @@ impl Shared {
         };
         let outcome = match self.client.call(&request).await {
             Ok(response) => {
-                if response.record_count != record_count {
+                if response.record_count.saturating_add(response.duplicates) != record_count {
                     tracing::warn!(
                         topic = %part.topic,
                         partition = %part.index,
@@ -481,6 +481,7 @@ impl Shared {
                     deliver_at_ms = response.deliver_at_ms,
                     base_sequence,
                     records = record_count,
+                    duplicates = response.duplicates,
                     "batch acknowledged"
                 );
                 Ok(match response.deliver_at_ms {

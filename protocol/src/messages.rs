@@ -3,7 +3,7 @@
 //! Raft RPC bodies (`RaftAppend`, `RaftVote`, `RaftSnapshot`) are opaque bytes here: the broker's
 //! replication module owns their encoding, so no Raft library type leaks into this crate.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::api::ApiKey;
 use crate::frame::LeaderHint;
@@ -217,18 +217,23 @@ impl Decode for ProduceRequest {
 /// Where a produced batch landed, or when it will.
 ///
 /// ```text
-/// produce_resp := base_offset:u64 | record_count:u32 | deliver_at_ms:u64
+/// produce_resp := base_offset:u64 | record_count:u32 | deliver_at_ms:u64 | duplicates:u32
 /// ```
+/// `duplicates` was added later; a response without it reads as 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProduceResponse {
-    /// Offset of the batch's first record; record `i` is at `base_offset + i`. 0 and
-    /// meaningless when the batch was scheduled (`deliver_at_ms` non-zero).
+    /// Offset of the batch's first record; record `i` is at `base_offset + i` when
+    /// `duplicates` is 0. 0 and meaningless when the batch was scheduled (`deliver_at_ms`
+    /// non-zero). When every record was a duplicate: where the first one was stored before.
     pub base_offset: Offset,
-    /// Records in the batch.
+    /// Records appended by this request (duplicates not counted).
     pub record_count: u32,
     /// 0: the batch was appended at `base_offset`. Otherwise the batch was scheduled (stored
     /// durably, invisible) and is appended once this time (ms since the Unix epoch) is due.
     pub deliver_at_ms: u64,
+    /// Records the broker had already stored (same producer id and sequence, or same
+    /// `ferry-dedup-id`, within its dedup window) and dropped from this batch.
+    pub duplicates: u32,
 }
 
 impl Encode for ProduceResponse {
@@ -236,6 +241,7 @@ impl Encode for ProduceResponse {
         buf.put_u64(self.base_offset.0);
         buf.put_u32(self.record_count);
         buf.put_u64(self.deliver_at_ms);
+        buf.put_u32(self.duplicates);
     }
 }
 
@@ -245,6 +251,11 @@ impl Decode for ProduceResponse {
             base_offset: Offset(wire::get_u64(buf, "produce.base_offset")?),
             record_count: wire::get_u32(buf, "produce.record_count")?,
             deliver_at_ms: wire::get_u64(buf, "produce.deliver_at_ms")?,
+            duplicates: if buf.has_remaining() {
+                wire::get_u32(buf, "produce.duplicates")?
+            } else {
+                0
+            },
         })
     }
 }
@@ -781,12 +792,26 @@ mod tests {
             batch: Bytes::from_static(b"xyz"),
             deliver_at_ms: 1_700_000_000_123,
         });
-        round_trip(ProduceResponse { base_offset: Offset(5), record_count: 2, deliver_at_ms: 0 });
+        round_trip(ProduceResponse {
+            base_offset: Offset(5),
+            record_count: 2,
+            deliver_at_ms: 0,
+            duplicates: 0,
+        });
         round_trip(ProduceResponse {
             base_offset: Offset(0),
             record_count: 2,
             deliver_at_ms: u64::MAX,
+            duplicates: 7,
         });
+        // A response from before `duplicates` existed reads as no duplicates.
+        let mut old = BytesMut::new();
+        old.put_u64(5);
+        old.put_u32(2);
+        old.put_u64(0);
+        let mut old = old.freeze();
+        let decoded = ProduceResponse::decode(&mut old).unwrap();
+        assert_eq!((decoded.record_count, decoded.duplicates), (2, 0));
         round_trip(FetchRequest {
             topic: "t".into(),
             partition: PartitionIndex(0),

@@ -21,6 +21,14 @@ use crate::wire::{self, DecodeError, DecodeResult};
 /// Current batch format.
 pub const BATCH_MAGIC: u8 = 1;
 
+/// Record header naming the record for deduplication: the broker stores a record carrying it
+/// at most once per partition within its dedup window (`dedup_window_ms`). The outbox relay
+/// sets `<source>:<row id>`; any sender whose retries may cut batches differently can use it.
+pub const DEDUP_ID_HEADER: &str = "ferry-dedup-id";
+
+/// Longest accepted [`DEDUP_ID_HEADER`] value, in bytes.
+pub const DEDUP_ID_BYTES_MAX: usize = 256;
+
 /// Bytes before the first record.
 pub const BATCH_HEADER_BYTES: usize = 1 + 4 + 8 + 4 + 4;
 
@@ -57,6 +65,11 @@ impl Record {
             wire::put_bytes(b, value);
         });
         wire::put_bytes(buf, &self.value);
+    }
+
+    /// The value of the record's first [`DEDUP_ID_HEADER`], if it has one.
+    pub fn dedup_id(&self) -> Option<&Bytes> {
+        self.headers.iter().find(|(name, _)| name == DEDUP_ID_HEADER).map(|(_, value)| value)
     }
 
     fn decode(buf: &mut Bytes) -> DecodeResult<Record> {
@@ -122,6 +135,7 @@ pub struct RecordBatch {
     producer_id: u64,
     base_sequence: u32,
     count: u32,
+    has_dedup_ids: bool,
 }
 
 impl RecordBatch {
@@ -146,13 +160,26 @@ impl RecordBatch {
         if count == 0 {
             return Err(DecodeError::Invalid { what: "batch.record_count", detail: "0".into() });
         }
+        let mut has_dedup_ids = false;
         for _ in 0..count {
-            Record::decode(&mut buf)?;
+            let record = Record::decode(&mut buf)?;
+            if let Some(id) = record.dedup_id() {
+                if id.is_empty() || id.len() > DEDUP_ID_BYTES_MAX {
+                    return Err(DecodeError::Invalid {
+                        what: "record.dedup_id",
+                        detail: format!(
+                            "{DEDUP_ID_HEADER} is {} bytes; 1 to {DEDUP_ID_BYTES_MAX} allowed",
+                            id.len()
+                        ),
+                    });
+                }
+                has_dedup_ids = true;
+            }
         }
         if buf.has_remaining() {
             return Err(DecodeError::Trailing(buf.remaining()));
         }
-        Ok(RecordBatch { bytes, producer_id, base_sequence, count })
+        Ok(RecordBatch { bytes, producer_id, base_sequence, count, has_dedup_ids })
     }
 
     /// Wraps bytes that were validated before (e.g. read back from our own store) without the
@@ -167,7 +194,7 @@ impl RecordBatch {
         let producer_id = wire::get_u64(&mut buf, "batch.producer_id")?;
         let base_sequence = wire::get_u32(&mut buf, "batch.base_sequence")?;
         let count = wire::get_u32(&mut buf, "batch.record_count")?;
-        Ok(RecordBatch { bytes, producer_id, base_sequence, count })
+        Ok(RecordBatch { bytes, producer_id, base_sequence, count, has_dedup_ids: false })
     }
 
     /// The batch's bytes, exactly as the producer built them.
@@ -188,6 +215,12 @@ impl RecordBatch {
     /// Sequence number of the first record.
     pub fn base_sequence(&self) -> u32 {
         self.base_sequence
+    }
+
+    /// True when some record carries a [`DEDUP_ID_HEADER`]. Known only for batches checked by
+    /// [`RecordBatch::parse`]; `false` after [`RecordBatch::from_trusted`].
+    pub fn has_dedup_ids(&self) -> bool {
+        self.has_dedup_ids
     }
 
     /// Iterates over the records. Yields an error (and stops) on a malformed record.

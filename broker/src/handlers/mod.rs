@@ -245,6 +245,15 @@ async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
             deliver_at_ms: req.deliver_at_ms,
             batch: batch.bytes().clone(),
         }
+    } else if batch.producer_id() != 0 || batch.has_dedup_ids() {
+        // Idempotent: apply drops what the partition already holds (`state::dedup`).
+        Command::ProduceIdempotent {
+            topic: req.topic,
+            partition: req.partition.0,
+            stamped_ms: now_ms,
+            record_ids: batch.has_dedup_ids(),
+            batch: batch.bytes().clone(),
+        }
     } else {
         Command::Produce {
             topic: req.topic,
@@ -254,13 +263,17 @@ async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
     };
     let resp = replica.propose(command).await?;
     match rejected_or(resp)? {
-        CommandResponse::Produced { base_offset, count } => {
+        CommandResponse::Produced { base_offset, count, duplicates } => {
             ctx.metrics.messages_in.inc_by(u64::from(count));
             ctx.metrics.bytes_in.inc_by(len as u64);
+            if duplicates > 0 {
+                ctx.metrics.produce_duplicates.inc_by(u64::from(duplicates));
+            }
             if let Some(topic) = &internal {
                 ctx.metrics.groups.count_produced(topic, count);
             }
-            Ok(ProduceResponse { base_offset, record_count: count, deliver_at_ms: 0 }.to_bytes())
+            Ok(ProduceResponse { base_offset, record_count: count, deliver_at_ms: 0, duplicates }
+                .to_bytes())
         }
         CommandResponse::Scheduled { deliver_at_ms, count } => {
             ctx.metrics.messages_in.inc_by(u64::from(count));
@@ -271,7 +284,8 @@ async fn produce(ctx: &Context, req: ProduceRequest) -> HandlerResult {
             }
             // No offset yet: the batch gets its offsets when it is appended, once due.
             let base_offset = ferry_protocol::Offset(0);
-            Ok(ProduceResponse { base_offset, record_count: count, deliver_at_ms }.to_bytes())
+            Ok(ProduceResponse { base_offset, record_count: count, deliver_at_ms, duplicates: 0 }
+                .to_bytes())
         }
         other => Err(err(ErrorCode::Internal, format!("unexpected apply result {other:?}"))),
     }

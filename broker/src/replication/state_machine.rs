@@ -351,6 +351,7 @@ fn batch_resolver(log: Arc<dyn LogStore>) -> BatchResolver {
         match command {
             Some(
                 Command::Produce { batch, .. }
+                | Command::ProduceIdempotent { batch, .. }
                 | Command::PutHalf { batch, .. }
                 | Command::ProduceDelayed { batch, .. },
             ) => Ok(batch),

@@ -19,6 +19,9 @@
 //!  11 DeliverDelayed  count:u32 | (delayed_id:u64 | due_ms:u64)*
 //!  12 CommitOffsets   group:string | committed_ms:u64
 //!                     | count:u32 | (topic:string | partition:u32 | offset:u64)*
+//!  13 ProduceIdempotent topic:string | partition:u32 | stamped_ms:u64 | record_ids:bool
+//!                     | batch:bytes
+//!  14 ExpireDedup     count:u32 | (entry:bytes | stamped_ms:u64)*
 //! ```
 //!
 //! Times inside commands are stamped by the leader: the state machine reads no clock.
@@ -39,6 +42,8 @@ const TAG_BATCH: u8 = 9;
 const TAG_PRODUCE_DELAYED: u8 = 10;
 const TAG_DELIVER_DELAYED: u8 = 11;
 const TAG_COMMIT_OFFSETS: u8 = 12;
+const TAG_PRODUCE_IDEMPOTENT: u8 = 13;
+const TAG_EXPIRE_DEDUP: u8 = 14;
 
 /// Most commands one merged entry may hold (a bound for decoding, too).
 pub const BATCH_COMMANDS_MAX: usize = 4096;
@@ -111,6 +116,27 @@ pub enum Command {
         partition: u32,
         /// The batch bytes as the producer built them.
         batch: Bytes,
+    },
+    /// Append a batch unless it was stored before: a batch with a non-zero producer id is
+    /// dropped when its (producer id, base sequence) is known in the partition, and, with
+    /// `record_ids`, each record whose `ferry-dedup-id` is known is dropped (`state::dedup`).
+    ProduceIdempotent {
+        /// Topic name.
+        topic: String,
+        /// Partition index inside the topic.
+        partition: u32,
+        /// Leader clock at proposal: the dedup entries' age counts from here.
+        stamped_ms: u64,
+        /// Some record carries a `ferry-dedup-id` header (the handler saw it while checking).
+        record_ids: bool,
+        /// The batch bytes as the producer built them.
+        batch: Bytes,
+    },
+    /// Forget dedup entries whose window ran out, as listed by the leader (entry key without
+    /// its prefix, and the stamp it was read with: an entry stored again since is kept).
+    ExpireDedup {
+        /// The entries.
+        entries: Vec<(Bytes, u64)>,
     },
     /// Store a half message (invisible); its transaction id is this entry's log index.
     PutHalf {
@@ -208,6 +234,21 @@ impl Command {
                 wire::put_string(buf, topic);
                 buf.put_u32(*partition);
                 wire::put_bytes(buf, batch);
+            }
+            Command::ProduceIdempotent { topic, partition, stamped_ms, record_ids, batch } => {
+                buf.put_u8(TAG_PRODUCE_IDEMPOTENT);
+                wire::put_string(buf, topic);
+                buf.put_u32(*partition);
+                buf.put_u64(*stamped_ms);
+                buf.put_u8(u8::from(*record_ids));
+                wire::put_bytes(buf, batch);
+            }
+            Command::ExpireDedup { entries } => {
+                buf.put_u8(TAG_EXPIRE_DEDUP);
+                wire::put_array(buf, entries, |b, (entry, stamped_ms)| {
+                    wire::put_bytes(b, entry);
+                    b.put_u64(*stamped_ms);
+                });
             }
             Command::PutHalf { group, topic, partition, check_timeout_ms, created_ms, batch } => {
                 buf.put_u8(TAG_PUT_HALF);
@@ -364,6 +405,21 @@ impl Command {
             TAG_PURGE_TXNS => Command::PurgeTransactions {
                 txns: wire::get_array(buf, "purge.txns", 16, get_txn_due)?,
             },
+            TAG_PRODUCE_IDEMPOTENT => Command::ProduceIdempotent {
+                topic: wire::get_string(buf, "produce_idempotent.topic")?,
+                partition: wire::get_u32(buf, "produce_idempotent.partition")?,
+                stamped_ms: wire::get_u64(buf, "produce_idempotent.stamped_ms")?,
+                record_ids: wire::get_u8(buf, "produce_idempotent.record_ids")? != 0,
+                batch: wire::get_bytes(buf, "produce_idempotent.batch")?,
+            },
+            TAG_EXPIRE_DEDUP => Command::ExpireDedup {
+                entries: wire::get_array(buf, "expire_dedup", 12, |b| {
+                    Ok((
+                        wire::get_bytes(b, "expire_dedup.entry")?,
+                        wire::get_u64(b, "expire_dedup.stamped_ms")?,
+                    ))
+                })?,
+            },
             TAG_PRODUCE_DELAYED => Command::ProduceDelayed {
                 topic: wire::get_string(buf, "produce_delayed.topic")?,
                 partition: wire::get_u32(buf, "produce_delayed.partition")?,
@@ -428,6 +484,10 @@ impl Command {
         match self {
             Command::CreateTopic { name, .. } | Command::DeleteTopic { name } => 24 + name.len(),
             Command::Produce { topic, batch, .. } => 16 + topic.len() + batch.len(),
+            Command::ProduceIdempotent { topic, batch, .. } => 28 + topic.len() + batch.len(),
+            Command::ExpireDedup { entries } => {
+                8 + entries.iter().map(|(e, _)| 12 + e.len()).sum::<usize>()
+            }
             Command::PutHalf { group, topic, batch, .. } => {
                 40 + group.len() + topic.len() + batch.len()
             }
@@ -469,10 +529,13 @@ pub enum CommandResponse {
     TopicCreated,
     /// A batch was appended at `base_offset`.
     Produced {
-        /// Offset of its first record.
+        /// Offset of its first record; when every record was a duplicate, where the first
+        /// was stored before.
         base_offset: Offset,
-        /// Records in it.
+        /// Records appended.
         count: u32,
+        /// Records dropped as already stored (idempotent produce).
+        duplicates: u32,
     },
     /// A half message was stored (or found: a resent batch).
     HalfStored {
@@ -558,6 +621,16 @@ mod tests {
             Command::CreateTopic { name: "a".into(), partitions: 3, created_ms: 5 },
             Command::DeleteTopic { name: "a".into() },
             Command::Produce { topic: "a".into(), partition: 1, batch: Bytes::from_static(b"xy") },
+            Command::ProduceIdempotent {
+                topic: "a".into(),
+                partition: 2,
+                stamped_ms: 77,
+                record_ids: true,
+                batch: Bytes::from_static(b"xyz"),
+            },
+            Command::ExpireDedup {
+                entries: vec![(Bytes::from_static(b"k1"), 5), (Bytes::from_static(b""), 6)],
+            },
             Command::PutHalf {
                 group: "g".into(),
                 topic: "t".into(),

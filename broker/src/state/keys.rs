@@ -218,6 +218,80 @@ pub fn is_delayed_key(key: &[u8]) -> bool {
     key.len() == 9 && key[0] == DELAYED_PREFIX
 }
 
+const DEDUP_PREFIX: u8 = 0x05;
+const DEDUP_EXPIRY_PREFIX: u8 = 0x06;
+
+/// Kinds of dedup entry (on disk; append-only).
+pub const DEDUP_KIND_BATCH: u8 = 1;
+/// A record's `ferry-dedup-id`.
+pub const DEDUP_KIND_RECORD: u8 = 2;
+
+/// The part of a dedup key after its prefix:
+/// ```text
+/// entry := partition_id:u32be | kind:u8 | id
+///   kind 1 (batch):  id = producer_id:u64be | base_sequence:u32be
+///   kind 2 (record): id = the record's ferry-dedup-id (1..=256 bytes)
+/// ```
+pub fn dedup_entry(partition_id: u32, kind: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + id.len());
+    k.extend_from_slice(&partition_id.to_be_bytes());
+    k.push(kind);
+    k.extend_from_slice(id);
+    k
+}
+
+/// ```text
+/// txn CF: [0x05] | entry → first_offset:u64be | count:u32be | stamped_ms:u64be
+/// ```
+/// One per batch (kind 1) or record id (kind 2) stored within the dedup window. Keyed by the
+/// global partition id first, so deleting a topic drops its entries with one range delete.
+pub fn dedup_key(entry: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + entry.len());
+    k.push(DEDUP_PREFIX);
+    k.extend_from_slice(entry);
+    k
+}
+
+/// Every dedup key of one partition: `[start, end)`.
+pub fn dedup_range(partition_id: u32) -> (Vec<u8>, Vec<u8>) {
+    let start = dedup_key(&partition_id.to_be_bytes());
+    let end = match partition_id.checked_add(1) {
+        Some(next) => dedup_key(&next.to_be_bytes()),
+        None => vec![DEDUP_PREFIX + 1],
+    };
+    (start, end)
+}
+
+/// ```text
+/// txn CF: [0x06] | stamped_ms:u64be | entry → (empty)     expiry index of the dedup entries
+/// ```
+/// In stamp order, so the leader finds the entries whose window ran out with one range scan.
+pub fn dedup_expiry_key(stamped_ms: u64, entry: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + entry.len());
+    k.push(DEDUP_EXPIRY_PREFIX);
+    k.extend_from_slice(&stamped_ms.to_be_bytes());
+    k.extend_from_slice(entry);
+    k
+}
+
+/// Expiry-index keys stamped before `before_ms`: `[start, end)`.
+pub fn dedup_expiry_before(before_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    (vec![DEDUP_EXPIRY_PREFIX], dedup_expiry_key(before_ms, &[]))
+}
+
+/// Splits an expiry-index key into (stamp, entry).
+pub fn dedup_expiry_parts(key: &[u8]) -> DecodeResult<(u64, &[u8])> {
+    if key.len() < 9 + 5 || key[0] != DEDUP_EXPIRY_PREFIX {
+        return Err(DecodeError::Invalid {
+            what: "dedup expiry key",
+            detail: format!("{} bytes", key.len()),
+        });
+    }
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&key[1..9]);
+    Ok((u64::from_be_bytes(stamp), &key[9..]))
+}
+
 /// What a timer does when it fires. On disk; append-only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -335,6 +409,26 @@ mod tests {
         // Same due time: ordered by id, so messages due together keep their production order.
         let later = Timer { id: 4, ..t };
         assert!(t.key() < later.key());
+    }
+
+    #[test]
+    fn dedup_keys_stay_apart_and_range_per_partition() {
+        let entry = dedup_entry(7, DEDUP_KIND_RECORD, b"outbox:42");
+        let key = dedup_key(&entry);
+        let (s, e) = dedup_range(7);
+        assert!(key >= s && key < e);
+        let other = dedup_key(&dedup_entry(8, DEDUP_KIND_BATCH, &[0; 12]));
+        assert!(other >= e);
+        assert!(delayed_key(u64::MAX).as_slice() < dedup_range(0).0.as_slice());
+        let (_, end) = dedup_range(u32::MAX);
+        assert!(dedup_key(&dedup_entry(u32::MAX, 2, b"z")) < end);
+        assert!(end.as_slice() <= dedup_expiry_key(0, &[]).as_slice());
+        let x = dedup_expiry_key(99, &entry);
+        assert_eq!(dedup_expiry_parts(&x).unwrap(), (99, entry.as_slice()));
+        let (s, e) = dedup_expiry_before(100);
+        assert!(x >= s && x < e);
+        assert!(dedup_expiry_key(100, &entry) >= e);
+        assert!(dedup_expiry_parts(&key).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `RwLock` section. Apply is deterministic: no clock, no randomness.
 
 pub mod command;
+pub mod dedup;
 pub mod delayed;
 pub mod groups;
 pub mod keys;
@@ -304,6 +305,9 @@ pub struct Applier {
     /// topic deleted later in the same call forgets them too (replicas group entries into
     /// apply calls differently; the outcome must not depend on it).
     offsets_overlay: Vec<Vec<u8>>,
+    /// The same for produce dedup entries (`None`: expired or dropped with its topic), keyed
+    /// by the entry bytes (`keys::dedup_entry`).
+    dedup_ids_overlay: HashMap<Vec<u8>, Option<dedup::DedupRecord>>,
 }
 
 impl Applier {
@@ -324,6 +328,7 @@ impl Applier {
             dedup_overlay: HashMap::new(),
             delayed_overlay: HashMap::new(),
             offsets_overlay: Vec::new(),
+            dedup_ids_overlay: HashMap::new(),
         })
     }
 
@@ -344,6 +349,7 @@ impl Applier {
         self.dedup_overlay.clear();
         self.delayed_overlay.clear();
         self.offsets_overlay.clear();
+        self.dedup_ids_overlay.clear();
         self.shared.publish_all(&self.meta);
         Ok(())
     }
@@ -392,6 +398,19 @@ impl Applier {
             Command::Produce { topic, partition, batch: bytes } => {
                 self.produce(pos, topic, *partition, bytes, batch, changes)
             }
+            Command::ProduceIdempotent { topic, partition, stamped_ms, record_ids, batch: b } => {
+                self.produce_idempotent(
+                    pos,
+                    topic,
+                    *partition,
+                    *stamped_ms,
+                    *record_ids,
+                    b,
+                    batch,
+                    changes,
+                )
+            }
+            Command::ExpireDedup { entries } => self.expire_dedup(entries, batch),
             Command::PutHalf {
                 group,
                 topic,
@@ -526,6 +545,7 @@ impl Applier {
             let (start, end) = keys::message_range(*id);
             batch.delete_range(Cf::Messages, start.to_vec(), end.to_vec());
             batch.delete(Cf::State, keys::partition_key(*id).to_vec());
+            self.forget_dedup_of_partition(*id, batch);
             self.meta.partitions.remove(id);
             changes.partitions.push(*id);
         }
@@ -554,7 +574,9 @@ impl Applier {
             _ => return rejected(ErrorCode::CorruptBatch, "batch header unreadable".into()),
         };
         match self.append(id, MessageValue::InLog(pos), count, batch, changes) {
-            Some(base) => CommandResponse::Produced { base_offset: Offset(base), count },
+            Some(base) => {
+                CommandResponse::Produced { base_offset: Offset(base), count, duplicates: 0 }
+            }
             None => rejected(ErrorCode::UnknownPartition, format!("partition id {id} missing")),
         }
     }
@@ -566,6 +588,7 @@ impl Applier {
         self.dedup_overlay.clear();
         self.delayed_overlay.clear();
         self.offsets_overlay.clear();
+        self.dedup_ids_overlay.clear();
         self.shared.publish(&self.meta, changes);
     }
 }

@@ -267,3 +267,76 @@ async fn requests_before_handshake_are_refused() {
     assert_eq!(header.error_code, ErrorCode::HandshakeRequired);
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_batches_and_record_ids_are_stored_once() {
+    let (broker, _dir) = start().await;
+    let conn = connect(&broker).await;
+    conn.call(&CreateTopicRequest { name: "d".into(), partitions: 1 }).await.unwrap();
+    let build = |producer_id: u64, sequence: u32, records: &[(&str, Option<&str>)]| {
+        let mut b = ferry_protocol::RecordBatchBuilder::new(producer_id, sequence, 0);
+        for (value, id) in records {
+            let headers = id
+                .map(|id| {
+                    let name = ferry_protocol::record::DEDUP_ID_HEADER.to_string();
+                    (name, Bytes::from(id.to_string()))
+                })
+                .into_iter()
+                .collect();
+            b.push(&ferry_protocol::Record {
+                timestamp_ms: 1,
+                key: None,
+                headers,
+                value: Bytes::from(value.to_string()),
+            });
+        }
+        ProduceRequest {
+            topic: "d".into(),
+            partition: PartitionIndex(0),
+            batch: b.finish(),
+            deliver_at_ms: 0,
+        }
+    };
+    // A producer retrying a batch whose answer it lost: same producer id and sequence.
+    let first = build(77, 0, &[("a", None), ("b", None)]);
+    let r = conn.call(&first).await.unwrap();
+    assert_eq!((r.base_offset, r.record_count, r.duplicates), (Offset(0), 2, 0));
+    let r = conn.call(&first).await.unwrap();
+    assert_eq!((r.base_offset, r.record_count, r.duplicates), (Offset(0), 0, 2));
+    // Rows of an outbox, published again by another relay with the batch cut differently.
+    let r = conn.call(&build(1, 0, &[("r1", Some("ob:1")), ("r2", Some("ob:2"))])).await.unwrap();
+    assert_eq!((r.base_offset, r.record_count, r.duplicates), (Offset(2), 2, 0));
+    let again = build(2, 0, &[("r2", Some("ob:2")), ("r3", Some("ob:3"))]);
+    let r = conn.call(&again).await.unwrap();
+    assert_eq!((r.base_offset, r.record_count, r.duplicates), (Offset(4), 1, 1));
+    // An id beyond the limit is refused before anything is proposed.
+    let long = "x".repeat(ferry_protocol::record::DEDUP_ID_BYTES_MAX + 1);
+    let refused = conn.call(&build(3, 0, &[("z", Some(long.as_str()))])).await;
+    assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::CorruptBatch));
+
+    let f = conn
+        .call(&FetchRequest {
+            topic: "d".into(),
+            partition: PartitionIndex(0),
+            offset: Offset(0),
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        })
+        .await
+        .unwrap();
+    let values: Vec<Bytes> = f
+        .batches
+        .iter()
+        .flat_map(|b| {
+            RecordBatch::parse(b.bytes.clone())
+                .unwrap()
+                .records()
+                .map(|r| r.unwrap().value)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(values, vec!["a", "b", "r1", "r2", "r3"]);
+    let (_, metrics) = http_get(broker.admin_addr().unwrap(), "/metrics").await;
+    assert!(metrics.contains("ferry_produce_duplicates_total 3"), "{metrics}");
+    broker.shutdown().await;
+}
