@@ -9,6 +9,7 @@ use ferry_protocol::{Offset, TxnId};
 
 use crate::cmd::dlq::{DlqCommand, DLQ_LONG_ABOUT};
 use crate::cmd::group::GroupCommand;
+use crate::cmd::outbox::{OutboxCommand, OUTBOX_LONG_ABOUT};
 use crate::duration::parse_positive_duration;
 use crate::output::{parse_timestamp_ms, Format};
 
@@ -24,8 +25,8 @@ pub const TXN_LIST_ROWS_MAX: u32 = 100_000;
 const ABOUT: &str = "Administer and use a ferrymq cluster";
 
 const LONG_ABOUT: &str = "Administer and use a ferrymq cluster: membership, topics, \
-producing or consuming messages from the command line, resolving transactions, and \
-consumer groups with their dead letters.
+producing or consuming messages from the command line, resolving transactions, \
+consumer groups with their dead letters, and the transactional outbox relay.
 
 Any member of the cluster can be named with --bootstrap; requests are routed to the leader. \
 Every failure prints one line starting with `error:` on stderr and exits with status 1 \
@@ -38,6 +39,7 @@ const EXAMPLES: &str = "Examples:
   ferryctl consume orders --from earliest --count 1000
   ferryctl txn list --parked
   ferryctl group describe billing
+  ferryctl outbox relay --db sqlite://app.db
   FERRY_BOOTSTRAP=10.0.0.1:7400,10.0.0.2:7400 ferryctl --format json topic list";
 
 /// The command line.
@@ -143,6 +145,12 @@ base64; `value_encoding` (`key_encoding`, `encoding`) says which: \"utf8\" or \"
   ferryctl dlq replay --group billing --all
   ferryctl dlq purge --group billing")]
     Dlq(DlqCommand),
+    /// The transactional outbox: migrate the table, run a relay, show its status.
+    #[command(subcommand, long_about = OUTBOX_LONG_ABOUT, after_help = "Examples:
+  ferryctl outbox migrate --db postgres://app:secret@127.0.0.1/app
+  ferryctl outbox relay --db postgres://app:secret@127.0.0.1/app --metrics-addr 127.0.0.1:9900
+  ferryctl outbox status --db postgres://app:secret@127.0.0.1/app")]
+    Outbox(OutboxCommand),
 }
 
 const TXN_LONG_ABOUT: &str = "Inspect and resolve transactional (half) messages.

@@ -49,6 +49,8 @@ mod error;
 #[cfg(test)]
 mod fake_broker;
 mod message;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 pub mod partitioner;
 mod producer;
 mod transaction;

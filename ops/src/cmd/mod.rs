@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod consume;
 pub mod dlq;
 pub mod group;
+pub mod outbox;
 pub mod produce;
 pub mod topic;
 pub mod txn;
@@ -16,6 +17,7 @@ use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions};
 use crate::cli::{Cli, ClusterCommand, Command, TopicCommand, TxnCommand};
 use crate::cmd::dlq::DlqCommand;
 use crate::cmd::group::GroupCommand;
+use crate::cmd::outbox::OutboxCommand;
 use crate::output::Format;
 
 /// Client identity in handshakes.
@@ -89,5 +91,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::List(args)) => dlq::list(&ctx, &args).await,
         Command::Dlq(DlqCommand::Replay(args)) => dlq::replay(&ctx, &args).await,
         Command::Dlq(DlqCommand::Purge(args)) => dlq::purge(&ctx, &args).await,
+        Command::Outbox(OutboxCommand::Migrate(args)) => outbox::migrate(&ctx, &args).await,
+        Command::Outbox(OutboxCommand::Relay(args)) => outbox::relay(&ctx, &args).await,
+        Command::Outbox(OutboxCommand::Status(args)) => outbox::status(&ctx, &args).await,
     }
 }
