@@ -26,6 +26,7 @@ pub mod cli;
 pub mod ferry;
 pub mod group;
 pub mod nats;
+pub mod outbox;
 pub mod payload;
 pub mod report;
 pub mod txn;

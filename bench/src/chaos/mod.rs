@@ -14,7 +14,7 @@
 
 pub mod checker;
 mod clients;
-mod cluster;
+pub(crate) mod cluster;
 pub mod history;
 pub mod net;
 pub mod proxy;
