@@ -15,7 +15,9 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== throwaway PostgreSQL and MariaDB (outbox tests)"
 dbdir=$(mktemp -d)
 trap 'bash scripts/test-dbs.sh stop "$dbdir" || true; rm -rf "$dbdir"' EXIT
-eval "$(bash scripts/test-dbs.sh start "$dbdir")"
+# Assigned first: a failing start stops the run here (an `eval "$(...)"` would not).
+dbenv=$(bash scripts/test-dbs.sh start "$dbdir")
+eval "$dbenv"
 export FERRY_TEST_PG_URL FERRY_TEST_MYSQL_URL
 
 echo "== cargo test"
