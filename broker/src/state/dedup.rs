@@ -84,13 +84,6 @@ impl Applier {
         self.dedup_ids_overlay.insert(entry, Some(record));
     }
 
-    fn dedup_fail(e: StateError) -> CommandResponse {
-        // A store read failing inside apply: report it; the replica's next write will show
-        // whether the store is healthy.
-        tracing::error!(error = %e, "dedup state read failed during apply");
-        rejected(ErrorCode::Internal, e.to_string())
-    }
-
     /// Appends the batch at `pos` minus what the partition already holds (module docs).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn produce_idempotent(
@@ -128,7 +121,7 @@ impl Applier {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => return Self::dedup_fail(e),
+                Err(e) => return Self::fail(e),
             }
         }
         // Per record: which to keep, and the ids of those kept.
@@ -148,7 +141,7 @@ impl Applier {
                 if let Some(entry) = &entry {
                     let seen = match self.dedup_lookup(entry) {
                         Ok(seen) => seen,
-                        Err(e) => return Self::dedup_fail(e),
+                        Err(e) => return Self::fail(e),
                     };
                     if let Some(seen) = seen {
                         duplicates += 1;
@@ -211,7 +204,7 @@ impl Applier {
                     self.dedup_ids_overlay.insert(entry.to_vec(), None);
                 }
                 Ok(_) => {}
-                Err(e) => return Self::dedup_fail(e),
+                Err(e) => return Self::fail(e),
             }
             batch.delete(Cf::Txn, keys::dedup_expiry_key(*stamped_ms, entry));
         }

@@ -229,10 +229,10 @@ impl Applier {
         batch.put(Cf::State, keys::group_txn_key(group), counts.encode());
     }
 
-    fn fail(e: StateError) -> CommandResponse {
-        // A store read failing inside apply: report it; the replica's next write will show
-        // whether the store is healthy.
-        tracing::error!(error = %e, "transaction state read failed during apply");
+    /// The answer when a store read fails inside apply (transactions, produce dedup): report
+    /// it; the replica's next write will show whether the store is healthy.
+    pub(super) fn fail(e: StateError) -> CommandResponse {
+        tracing::error!(error = %e, "state read failed during apply");
         rejected(ErrorCode::Internal, e.to_string())
     }
 
