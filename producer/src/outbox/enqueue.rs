@@ -160,45 +160,33 @@ fn insert_sql(dialect: Dialect, table: &TableName, returning: bool) -> String {
 
 const INSERT_STEP: &str = "inserting an outbox row";
 
-impl OutboxExecutor for SqliteConnection {
-    async fn insert_outbox_row(
-        &mut self,
-        table: &TableName,
-        message: &OutboxMessage,
-    ) -> Result<OutboxId> {
-        message.validate()?;
-        let sql = insert_sql(Dialect::Sqlite, table, true);
-        let row = sqlx::query(&sql)
-            .bind(&message.topic)
-            .bind(message.key.as_deref())
-            .bind(message.headers_json())
-            .bind(message.payload.as_slice())
-            .fetch_one(&mut *self)
-            .await
-            .map_err(OutboxError::db(INSERT_STEP))?;
-        Ok(OutboxId(row.try_get(0).map_err(OutboxError::db(INSERT_STEP))?))
-    }
+/// SQLite and PostgreSQL take the same statement with `RETURNING id`.
+macro_rules! insert_returning_id {
+    ($connection:ty, $dialect:expr) => {
+        impl OutboxExecutor for $connection {
+            async fn insert_outbox_row(
+                &mut self,
+                table: &TableName,
+                message: &OutboxMessage,
+            ) -> Result<OutboxId> {
+                message.validate()?;
+                let sql = insert_sql($dialect, table, true);
+                let row = sqlx::query(&sql)
+                    .bind(&message.topic)
+                    .bind(message.key.as_deref())
+                    .bind(message.headers_json())
+                    .bind(message.payload.as_slice())
+                    .fetch_one(&mut *self)
+                    .await
+                    .map_err(OutboxError::db(INSERT_STEP))?;
+                Ok(OutboxId(row.try_get(0).map_err(OutboxError::db(INSERT_STEP))?))
+            }
+        }
+    };
 }
 
-impl OutboxExecutor for PgConnection {
-    async fn insert_outbox_row(
-        &mut self,
-        table: &TableName,
-        message: &OutboxMessage,
-    ) -> Result<OutboxId> {
-        message.validate()?;
-        let sql = insert_sql(Dialect::Postgres, table, true);
-        let row = sqlx::query(&sql)
-            .bind(&message.topic)
-            .bind(message.key.as_deref())
-            .bind(message.headers_json())
-            .bind(message.payload.as_slice())
-            .fetch_one(&mut *self)
-            .await
-            .map_err(OutboxError::db(INSERT_STEP))?;
-        Ok(OutboxId(row.try_get(0).map_err(OutboxError::db(INSERT_STEP))?))
-    }
-}
+insert_returning_id!(SqliteConnection, Dialect::Sqlite);
+insert_returning_id!(PgConnection, Dialect::Postgres);
 
 impl OutboxExecutor for MySqlConnection {
     async fn insert_outbox_row(
