@@ -1,5 +1,6 @@
 //! The HTTP admin listener: `/metrics` (Prometheus text), `/livez` (the process and its Raft
-//! replica run), `/readyz` (a leader is known and this node has applied what it stores).
+//! replica run), `/readyz` (a leader is known and this node has applied what it stores), and
+//! the push reconciliation API ([`crate::push::api`]).
 
 use std::sync::Arc;
 
@@ -27,13 +28,15 @@ pub async fn serve(
     listener: TcpListener,
     replica: Replica,
     metrics: Arc<Metrics>,
+    clock: crate::clock::Clock,
     shutdown: CancellationToken,
 ) {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { replica, metrics });
+        .with_state(AdminState { replica: replica.clone(), metrics })
+        .merge(crate::push::api::routes(replica, clock));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

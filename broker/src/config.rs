@@ -158,6 +158,8 @@ pub struct Config {
     /// Read the whole store at start, verifying checksums (damaged data is then replaced by
     /// a resync from the leader rather than found while serving).
     pub verify_data_on_start: bool,
+    /// The wall clock push delivery reads (the system clock; tests move a manual one).
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for Config {
@@ -187,6 +189,7 @@ impl Default for Config {
             delay_max: DELAY_MAX_DEFAULT,
             dedup_window: Duration::from_secs(3600),
             verify_data_on_start: true,
+            clock: crate::clock::Clock::system(),
         }
     }
 }

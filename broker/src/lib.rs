@@ -2,11 +2,13 @@
 //! listener and the HTTP admin listener; `main.rs` only parses flags and calls [`Broker::start`].
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod dedup;
 pub mod group;
 pub mod handlers;
 pub mod metrics;
+pub mod push;
 pub mod recovery;
 pub mod replication;
 pub mod server;
@@ -108,9 +110,16 @@ impl Broker {
         });
         tasks.spawn(txn::run_coordinator(ctx.clone(), shutdown.clone()));
         tasks.spawn(group::run_group_monitor(ctx.clone(), shutdown.clone()));
+        tasks.spawn(push::run_supervisor(ctx.clone(), shutdown.clone()));
         tasks.spawn(server::serve(listener, ctx, shutdown.clone()));
         if let Some(l) = admin {
-            tasks.spawn(admin::serve(l, replica.clone(), metrics.clone(), shutdown.clone()));
+            tasks.spawn(admin::serve(
+                l,
+                replica.clone(),
+                metrics.clone(),
+                config.clock.clone(),
+                shutdown.clone(),
+            ));
         }
         tasks.spawn(watch_leader(replica.clone(), metrics, shutdown.clone()));
         tasks.close();

@@ -44,6 +44,25 @@ pub struct Metrics {
     pub delayed: DelayedMetrics,
     /// Consumer-group metrics.
     pub groups: GroupMetrics,
+    /// Push-subscription metrics.
+    pub push: PushMetrics,
+}
+
+/// Push-subscription (webhook) metrics. Deliveries are counted by the leader's workers; the
+/// per-subscription gauges are set by the leader's supervisor a few times a second.
+pub struct PushMetrics {
+    /// Attempts by result: `delivered`, `http_error`, `timeout`, `connect_error`, `gone`.
+    pub deliveries: IntCounterVec,
+    /// Time from sending a request to its answer (or timeout).
+    pub duration: Histogram,
+    /// Subscriptions disabled by a 410 or with messages waiting for a retry.
+    pub subscriptions_failing: IntGauge,
+    /// Messages waiting for a retry, by subscription.
+    pub retrying: IntGaugeVec,
+    /// Messages whose attempts ran out, by subscription.
+    pub failed: IntGaugeVec,
+    /// Messages not yet attempted, by subscription (high watermark minus cursor, summed).
+    pub lag: IntGaugeVec,
 }
 
 /// Consumer-group metrics. Labelled by group name: set by the leader's group monitor about
@@ -283,10 +302,56 @@ impl Metrics {
                 &["group"],
             )?,
         };
+        let push_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferry_push_delivery_duration_seconds",
+                "Time from sending a webhook request to its answer (or its timeout).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+        )?;
+        registry.register(Box::new(push_duration.clone()))?;
+        let push = PushMetrics {
+            deliveries: counter_vec(
+                "ferry_push_deliveries_total",
+                "Webhook delivery attempts by result: delivered (2xx), http_error (other \
+                 status), timeout, connect_error, gone (410: the subscription is disabled).",
+                &["result"],
+            )?,
+            duration: push_duration,
+            subscriptions_failing: {
+                let g = IntGauge::new(
+                    "ferry_push_subscriptions_failing",
+                    "Push subscriptions disabled by a 410 answer or with messages waiting for a \
+                     retry; leader only.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            retrying: gauge_vec(
+                "ferry_push_retrying_messages",
+                "Messages of a push subscription waiting for a retry; leader only.",
+                &["subscription"],
+            )?,
+            failed: gauge_vec(
+                "ferry_push_failed_messages",
+                "Messages of a push subscription whose attempts ran out (see ferryctl push \
+                 failed); leader only.",
+                &["subscription"],
+            )?,
+            lag: gauge_vec(
+                "ferry_push_lag_messages",
+                "Messages of a push subscription's topic not yet attempted; leader only.",
+                &["subscription"],
+            )?,
+        };
         Ok(Metrics {
             txn,
             delayed,
             groups,
+            push,
             messages_in: counter("ferry_messages_in_total", "Messages appended by produce.")?,
             bytes_in: counter("ferry_bytes_in_total", "Record-batch bytes appended by produce.")?,
             produce_duplicates: counter(

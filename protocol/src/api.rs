@@ -59,11 +59,21 @@ pub enum ApiKey {
     /// Read batches from this node's own applied state, leader or not (admin clients only;
     /// for comparing replicas).
     ReadLocal = 24,
+    /// Create a push (webhook) subscription.
+    CreatePush = 25,
+    /// List push subscriptions, or describe one.
+    ListPush = 26,
+    /// Pause, resume or delete a push subscription, or rotate its secret.
+    AlterPush = 27,
+    /// A push subscription's failed messages.
+    ListPushFailed = 28,
+    /// Send a push subscription's failed messages again.
+    ReplayPush = 29,
 }
 
 impl ApiKey {
     /// Every key, in wire order.
-    pub const ALL: [ApiKey; 25] = [
+    pub const ALL: [ApiKey; 30] = [
         ApiKey::Handshake,
         ApiKey::Produce,
         ApiKey::Fetch,
@@ -89,6 +99,11 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::OffsetsForTime,
         ApiKey::ReadLocal,
+        ApiKey::CreatePush,
+        ApiKey::ListPush,
+        ApiKey::AlterPush,
+        ApiKey::ListPushFailed,
+        ApiKey::ReplayPush,
     ];
 
     /// The key for a wire value, if known.
@@ -124,6 +139,11 @@ impl ApiKey {
             ApiKey::ListGroups => "list_groups",
             ApiKey::OffsetsForTime => "offsets_for_time",
             ApiKey::ReadLocal => "read_local",
+            ApiKey::CreatePush => "create_push",
+            ApiKey::ListPush => "list_push",
+            ApiKey::AlterPush => "alter_push",
+            ApiKey::ListPushFailed => "list_push_failed",
+            ApiKey::ReplayPush => "replay_push",
         }
     }
 }
@@ -183,11 +203,15 @@ pub enum ErrorCode {
     NotAssigned = 22,
     /// The group has live members; the operation needs `force`.
     GroupHasMembers = 23,
+    /// No push subscription by that name.
+    UnknownSubscription = 24,
+    /// A push subscription with that name exists already.
+    SubscriptionExists = 25,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::Malformed,
@@ -212,6 +236,8 @@ impl ErrorCode {
         ErrorCode::UnknownMember,
         ErrorCode::NotAssigned,
         ErrorCode::GroupHasMembers,
+        ErrorCode::UnknownSubscription,
+        ErrorCode::SubscriptionExists,
     ];
 
     /// The code for a wire value, if known.
@@ -258,6 +284,8 @@ impl ErrorCode {
             ErrorCode::UnknownMember => "unknown group member; join again",
             ErrorCode::NotAssigned => "partition not assigned to this member",
             ErrorCode::GroupHasMembers => "the group has live members",
+            ErrorCode::UnknownSubscription => "unknown push subscription",
+            ErrorCode::SubscriptionExists => "push subscription already exists",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod frame;
 pub mod group;
 pub mod messages;
+pub mod push;
 pub mod record;
 pub mod txn;
 pub mod types;

@@ -20,6 +20,7 @@ use crate::state::{validate_topic_name, StateError, TOPIC_PARTITIONS_MAX};
 use crate::txn::{CheckWindow, ProducerRegistry};
 
 mod groups;
+pub mod push;
 mod transactions;
 
 /// Longest producer group name.
@@ -195,6 +196,20 @@ pub async fn dispatch(
             Err(err(ErrorCode::AuthFailed, "read_local is for admin clients only"))
         }
         ApiKey::ReadLocal => read_local(ctx, decode(body)?).await,
+        ApiKey::CreatePush
+        | ApiKey::ListPush
+        | ApiKey::AlterPush
+        | ApiKey::ListPushFailed
+        | ApiKey::ReplayPush
+            if kind != ClientKind::Admin =>
+        {
+            Err(err(ErrorCode::AuthFailed, "push subscriptions are managed by admin clients"))
+        }
+        ApiKey::CreatePush => push::create(ctx, decode(body)?).await,
+        ApiKey::ListPush => push::list(ctx, decode(body)?),
+        ApiKey::AlterPush => push::alter(ctx, decode(body)?).await,
+        ApiKey::ListPushFailed => push::list_failed(ctx, decode(body)?),
+        ApiKey::ReplayPush => push::replay(ctx, decode(body)?).await,
     }
 }
 

@@ -22,6 +22,7 @@
 //!  13 ProduceIdempotent topic:string | partition:u32 | stamped_ms:u64 | record_ids:bool
 //!                     | batch:bytes
 //!  14 ExpireDedup     count:u32 | (entry:bytes | stamped_ms:u64)*
+//!  15..18             push subscriptions: see `state::push::PushCommand`
 //! ```
 //!
 //! Times inside commands are stamped by the leader: the state machine reads no clock.
@@ -29,6 +30,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_protocol::wire::{self, DecodeError, DecodeResult};
 use ferry_protocol::{DecisionOrigin, ErrorCode, Offset, TxnId, TxnState};
+
+use super::push::{self, PushCommand};
 
 const TAG_CREATE_TOPIC: u8 = 1;
 const TAG_DELETE_TOPIC: u8 = 2;
@@ -213,6 +216,8 @@ pub enum Command {
         /// Next offset to read, per partition.
         offsets: Vec<GroupOffset>,
     },
+    /// Push subscriptions and their delivery state (tags 15–18).
+    Push(PushCommand),
 }
 
 impl Command {
@@ -322,6 +327,7 @@ impl Command {
                     b.put_u64(o.offset);
                 });
             }
+            Command::Push(p) => p.encode(buf),
         }
     }
 
@@ -445,6 +451,9 @@ impl Command {
                     })
                 })?,
             },
+            tag @ push::TAG_CREATE_PUSH..=push::TAG_REPLAY_PUSH => {
+                Command::Push(PushCommand::decode(tag, buf)?)
+            }
             other => {
                 return Err(DecodeError::Invalid {
                     what: "command.tag",
@@ -504,6 +513,7 @@ impl Command {
             Command::CommitOffsets { group, offsets, .. } => {
                 16 + group.len() + offsets.iter().map(|o| 16 + o.topic.len()).sum::<usize>()
             }
+            Command::Push(p) => p.encoded_len_hint(),
         }
     }
 }
@@ -578,6 +588,11 @@ pub enum CommandResponse {
     },
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResponse>),
+    /// Failed push messages scheduled again.
+    PushReplayed {
+        /// How many.
+        replayed: u32,
+    },
     /// The command was valid Raft-wise but refused by the state machine (e.g. unknown topic).
     /// Deterministic: every replica refuses it the same way.
     Rejected {

@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod delayed;
 pub mod groups;
 pub mod keys;
+pub mod push;
 pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
@@ -226,6 +227,10 @@ pub struct Meta {
     groups: BTreeMap<String, GroupCounts>,
     /// Next delayed-message id and how many are pending.
     delayed: delayed::DelayedCounters,
+    /// Push subscriptions by name.
+    push: push::PushMeta,
+    /// Id the next push subscription gets.
+    next_push_id: u64,
 }
 
 impl Meta {
@@ -251,6 +256,7 @@ impl Meta {
         }
         meta.groups = txn::load_group_counts(store)?;
         meta.delayed = delayed::load_counters(store)?;
+        (meta.push, meta.next_push_id) = push::load_subscriptions(store)?;
         Ok(meta)
     }
 }
@@ -284,6 +290,8 @@ pub struct Changes {
     topics: Vec<String>,
     partitions: Vec<u32>,
     groups: bool,
+    /// Push subscriptions written (by name).
+    push: Vec<String>,
     /// Earliest due time of a timer added by this apply call.
     timer_low_ms: Option<u64>,
 }
@@ -308,6 +316,8 @@ pub struct Applier {
     /// The same for produce dedup entries (`None`: expired or dropped with its topic), keyed
     /// by the entry bytes (`keys::dedup_entry`).
     dedup_ids_overlay: HashMap<Vec<u8>, Option<dedup::DedupRecord>>,
+    /// The same for push delivery records (`None`: deleted), keyed by `push::delivery_key`.
+    push_overlay: push::PushOverlay,
 }
 
 impl Applier {
@@ -329,6 +339,7 @@ impl Applier {
             delayed_overlay: HashMap::new(),
             offsets_overlay: Vec::new(),
             dedup_ids_overlay: HashMap::new(),
+            push_overlay: HashMap::new(),
         })
     }
 
@@ -350,6 +361,7 @@ impl Applier {
         self.delayed_overlay.clear();
         self.offsets_overlay.clear();
         self.dedup_ids_overlay.clear();
+        self.push_overlay.clear();
         self.shared.publish_all(&self.meta);
         Ok(())
     }
@@ -451,6 +463,7 @@ impl Applier {
             Command::CommitOffsets { group, committed_ms, offsets } => {
                 self.commit_offsets(group, *committed_ms, offsets, batch)
             }
+            Command::Push(p) => self.apply_push(p, batch, changes),
         }
     }
 
@@ -549,6 +562,7 @@ impl Applier {
             self.meta.partitions.remove(id);
             changes.partitions.push(*id);
         }
+        self.reset_push_of_topic(name, batch, changes);
         batch.delete(Cf::State, keys::topic_key(name));
         changes.topics.push(name.to_string());
         CommandResponse::Done
@@ -589,7 +603,12 @@ impl Applier {
         self.delayed_overlay.clear();
         self.offsets_overlay.clear();
         self.dedup_ids_overlay.clear();
+        self.push_overlay.clear();
         self.shared.publish(&self.meta, changes);
+        if !changes.partitions.is_empty() || !changes.push.is_empty() {
+            // After the index update: a woken worker reads the new watermarks.
+            self.shared.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 
@@ -618,6 +637,11 @@ pub struct SharedState {
     /// Earliest due time of the timers added since the coordinator last asked
     /// (`u64::MAX`: none).
     timer_low_ms: std::sync::atomic::AtomicU64,
+    /// Push subscriptions as last applied.
+    push: RwLock<BTreeMap<String, Arc<push::SubRecord>>>,
+    /// Bumped whenever an apply call appended messages or changed push state, so push
+    /// workers wait on one channel instead of every partition.
+    changed: watch::Sender<u64>,
 }
 
 /// A resolved partition ready to read.
@@ -652,7 +676,15 @@ impl SharedState {
             resolver,
             index: RwLock::new(ReadIndex::default()),
             timer_low_ms: std::sync::atomic::AtomicU64::new(0),
+            push: RwLock::default(),
+            changed: watch::channel(0).0,
         }
+    }
+
+    /// A receiver that sees a new value after every apply call that appended messages or
+    /// changed a push subscription.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// The earliest due time of the timers added since the last call (`None`: none), so a
@@ -673,6 +705,8 @@ impl SharedState {
 
     fn publish_all(&self, meta: &Meta) {
         self.timer_low_ms.store(0, std::sync::atomic::Ordering::Release);
+        self.publish_push(&meta.push, &[]);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
         let Ok(mut index) = self.index.write() else { return };
         index.topics = meta.topics.clone();
         index.groups = meta.groups.clone();
@@ -697,6 +731,9 @@ impl SharedState {
         if let Some(low) = changes.timer_low_ms {
             // After the write: a coordinator that takes this mark finds the timer in the store.
             self.timer_low_ms.fetch_min(low, std::sync::atomic::Ordering::AcqRel);
+        }
+        if !changes.push.is_empty() {
+            self.publish_push(&meta.push, &changes.push);
         }
         let Ok(mut index) = self.index.write() else { return };
         if changes.groups {

@@ -9,5 +9,7 @@ mod delayed;
 mod groups;
 mod harness;
 mod membership;
+mod push;
 mod single;
 mod txn;
+mod webhook;

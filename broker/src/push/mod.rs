@@ -1,0 +1,135 @@
+//! Push subscriptions, leader side: a supervisor runs one [`worker`] per active subscription
+//! while this node leads, and the reconciliation API ([`api`]) serves receivers on the admin
+//! listener. What a worker must not forget (attempt results, positions) goes through Raft
+//! first, so a new leader's workers resume where the old ones stopped; only requests in flight
+//! at the change (sent, result not yet committed) are sent again.
+
+pub mod api;
+pub mod sign;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::push::SubscriptionStatus;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers::Context;
+
+/// How often the supervisor compares running workers with the subscriptions.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(200);
+
+struct Running {
+    sub_id: u64,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Runs until `shutdown`: starts and stops workers as leadership and subscriptions change.
+pub async fn run_supervisor(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut ready_term: Option<u64> = None;
+    let mut interval = tokio::time::interval(SUPERVISOR_TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        // Finished workers (drained after a stop, or ended on an error) leave the map.
+        running.retain(|_, r| !r.task.is_finished());
+        let numbers = ctx.replica.raft_numbers();
+        if !numbers.is_leader {
+            if ready_term.take().is_some() {
+                tracing::info!("push delivery stops: not the leader");
+                ctx.metrics.push.subscriptions_failing.set(0);
+                ctx.metrics.push.retrying.reset();
+                ctx.metrics.push.failed.reset();
+                ctx.metrics.push.lag.reset();
+            }
+            for r in running.values() {
+                r.stop.cancel();
+            }
+            continue;
+        }
+        if ready_term != Some(numbers.term) {
+            // Act on everything committed before this term, not an older state.
+            if let Err(e) = ctx.replica.read_barrier().await {
+                tracing::debug!(error = %e.message, "push supervisor waits for leadership");
+                continue;
+            }
+            tracing::info!(term = numbers.term, "push delivery active");
+            ready_term = Some(numbers.term);
+        }
+        let state = ctx.replica.state();
+        let subs = state.push_subscriptions();
+        let mut failing = 0;
+        // Deleted subscriptions lose their series.
+        ctx.metrics.push.retrying.reset();
+        ctx.metrics.push.failed.reset();
+        ctx.metrics.push.lag.reset();
+        for sub in &subs {
+            let wanted = sub.status == SubscriptionStatus::Active
+                && state.topics(std::slice::from_ref(&sub.topic)).is_ok();
+            if sub.status == SubscriptionStatus::Disabled || sub.retrying > 0 {
+                failing += 1;
+            }
+            publish_gauges(&ctx, sub);
+            match running.get(&sub.name) {
+                Some(r) if r.sub_id == sub.id && wanted && !r.stop.is_cancelled() => {}
+                Some(r) => r.stop.cancel(),
+                None if wanted => {
+                    let stop = shutdown.child_token();
+                    let task = tokio::spawn(worker::run(
+                        ctx.clone(),
+                        sub.name.clone(),
+                        sub.id,
+                        stop.clone(),
+                    ));
+                    running.insert(sub.name.clone(), Running { sub_id: sub.id, stop, task });
+                }
+                None => {}
+            }
+        }
+        for (name, r) in &running {
+            if !subs.iter().any(|s| &s.name == name) {
+                r.stop.cancel();
+            }
+        }
+        ctx.metrics.push.subscriptions_failing.set(failing);
+    }
+    for r in running.values() {
+        r.stop.cancel();
+    }
+    for (_, r) in running {
+        let _ = r.task.await;
+    }
+}
+
+fn publish_gauges(ctx: &Context, sub: &crate::state::push::SubRecord) {
+    let m = &ctx.metrics.push;
+    let label = [sub.name.as_str()];
+    m.retrying.with_label_values(&label).set(i64::try_from(sub.retrying).unwrap_or(i64::MAX));
+    m.failed.with_label_values(&label).set(i64::try_from(sub.failed).unwrap_or(i64::MAX));
+    let lag = ctx
+        .replica
+        .state()
+        .topics(std::slice::from_ref(&sub.topic))
+        .ok()
+        .and_then(|t| t.into_iter().next())
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    let cursor = sub.cursors.get(&p.index.0);
+                    let next = cursor.map_or(0, |c| c.next);
+                    let settled = cursor.map_or(0, |c| c.settled.len() as u64);
+                    p.high_watermark.0.saturating_sub(next).saturating_sub(settled)
+                })
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    m.lag.with_label_values(&label).set(i64::try_from(lag).unwrap_or(i64::MAX));
+}
