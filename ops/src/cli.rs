@@ -10,6 +10,7 @@ use ferry_protocol::{Offset, TxnId};
 use crate::cmd::dlq::{DlqCommand, DLQ_LONG_ABOUT};
 use crate::cmd::group::GroupCommand;
 use crate::cmd::outbox::{OutboxCommand, OUTBOX_LONG_ABOUT};
+use crate::cmd::push::{PushCommand, PUSH_LONG_ABOUT};
 use crate::duration::parse_positive_duration;
 use crate::output::{parse_timestamp_ms, Format};
 
@@ -26,7 +27,8 @@ const ABOUT: &str = "Administer and use a ferrymq cluster";
 
 const LONG_ABOUT: &str = "Administer and use a ferrymq cluster: membership, topics, \
 producing or consuming messages from the command line, resolving transactions, \
-consumer groups with their dead letters, and the transactional outbox relay.
+consumer groups with their dead letters, webhook push subscriptions, and the transactional \
+outbox relay.
 
 Any member of the cluster can be named with --bootstrap; requests are routed to the leader. \
 Every failure prints one line starting with `error:` on stderr and exits with status 1 \
@@ -39,6 +41,7 @@ const EXAMPLES: &str = "Examples:
   ferryctl consume orders --from earliest --count 1000
   ferryctl txn list --parked
   ferryctl group describe billing
+  ferryctl push create orders-hook --topic orders --url https://example.com/hooks/orders
   ferryctl outbox relay --db sqlite://app.db
   FERRY_BOOTSTRAP=10.0.0.1:7400,10.0.0.2:7400 ferryctl --format json topic list";
 
@@ -145,6 +148,15 @@ base64; `value_encoding` (`key_encoding`, `encoding`) says which: \"utf8\" or \"
   ferryctl dlq replay --group billing --all
   ferryctl dlq purge --group billing")]
     Dlq(DlqCommand),
+    /// Webhook push subscriptions: create, list, describe, pause, resume, delete,
+    /// rotate-secret, failed, replay.
+    #[command(subcommand, long_about = PUSH_LONG_ABOUT, after_help = "Examples:
+  ferryctl push create orders-hook --topic orders --url https://example.com/hooks/orders
+  ferryctl push list
+  ferryctl push describe orders-hook
+  ferryctl push failed orders-hook --since 2h
+  ferryctl push replay orders-hook --all")]
+    Push(PushCommand),
     /// The transactional outbox: migrate the table, run a relay, show its status.
     #[command(subcommand, long_about = OUTBOX_LONG_ABOUT, after_help = "Examples:
   ferryctl outbox migrate --db postgres://app:secret@127.0.0.1/app

@@ -1,6 +1,7 @@
 //! Human durations on the command line: `500ms`, `10s`, `1.5s`, `2m`, `1h` (parsed by hand,
-//! in integer nanoseconds, so `0.1s` is exactly 100 ms), the short form used in reports, and
-//! the compact spans of tables (`5m03s`, `2h05m`).
+//! in integer nanoseconds, so `0.1s` is exactly 100 ms; `7d` too where days make sense), the
+//! short form used in reports, the compact spans of tables (`5m03s`, `2h05m`), and the exact
+//! form that reads back (`30m`, `1500ms`).
 
 use std::time::Duration;
 
@@ -13,6 +14,20 @@ const DURATION_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 /// A message for people when the text is empty, has no unit, an unknown unit, a malformed
 /// number, or is longer than a year.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_with_units(text, false)
+}
+
+/// [`parse_duration`] that also takes days (`7d`, `1.5d`), for values that run to days:
+/// retry schedules, grace periods, "since 2d ago". Kept apart so flags that never need days
+/// (timeouts) still refuse `5d` as the typo it likely is there.
+///
+/// # Errors
+/// Those of `parse_duration`.
+pub fn parse_duration_or_days(text: &str) -> Result<Duration, String> {
+    parse_with_units(text, true)
+}
+
+fn parse_with_units(text: &str, days: bool) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration; expected e.g. 500ms, 10s, 2m".into());
@@ -24,7 +39,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000_000_000,
         "m" | "min" => 60_000_000_000,
         "h" => 3_600_000_000_000,
+        "d" if days => 86_400_000_000_000,
         "" => return Err(format!("{text:?} has no unit; write e.g. {text}s or {text}ms")),
+        other if days => {
+            return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d"))
+        }
         other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h")),
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
@@ -86,6 +105,21 @@ pub fn format_span(d: Duration) -> String {
     }
 }
 
+/// The duration in the largest unit that holds it whole (`d`, `h`, `m`, `s`, else `ms`), so it
+/// reads back through [`parse_duration_or_days`] unchanged: `5s`, `30m`, `10h`, `7d`, `90s`,
+/// `1500ms`. Finer than a millisecond is dropped.
+pub fn format_duration_exact(d: Duration) -> String {
+    const UNITS: [(u128, &str); 4] =
+        [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")];
+    let ms = d.as_millis();
+    for (unit_ms, unit) in UNITS {
+        if ms != 0 && ms.is_multiple_of(unit_ms) {
+            return format!("{}{unit}", ms / unit_ms);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +148,37 @@ mod tests {
         assert!(parse_duration("99999999999999999999999999999999999999999s").is_err());
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("1ms").is_ok());
+    }
+
+    #[test]
+    fn days_only_where_asked_for() {
+        assert!(parse_duration("1d").is_err());
+        assert_eq!(parse_duration_or_days("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_duration_or_days("1.5d").unwrap(), Duration::from_secs(36 * 3600));
+        assert_eq!(parse_duration_or_days("2h").unwrap(), Duration::from_secs(7200));
+        let err = parse_duration_or_days("3w").unwrap_err();
+        assert!(err.contains("ms, s, m, h or d"), "{err}");
+        assert!(parse_duration_or_days("366d").is_err());
+    }
+
+    #[test]
+    fn exact_form_reads_back() {
+        let cases = [
+            (0, "0ms"),
+            (1500, "1500ms"),
+            (5000, "5s"),
+            (90_000, "90s"),
+            (300_000, "5m"),
+            (5_400_000, "90m"),
+            (7_200_000, "2h"),
+            (129_600_000, "36h"),
+            (604_800_000, "7d"),
+        ];
+        for (ms, text) in cases {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration_exact(d), text);
+            assert_eq!(parse_duration_or_days(text).unwrap(), d, "{text}");
+        }
     }
 
     #[test]

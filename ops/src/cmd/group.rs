@@ -187,7 +187,7 @@ pub fn parse_group_name(text: &str) -> Result<String, String> {
 }
 
 /// A point in time: milliseconds since the Unix epoch, or an RFC 3339 timestamp.
-fn parse_time(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_time(text: &str) -> Result<u64, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| format!("{text:?} is too large for ms since the epoch"));

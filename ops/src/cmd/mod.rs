@@ -7,17 +7,20 @@ pub mod dlq;
 pub mod group;
 pub mod outbox;
 pub mod produce;
+pub mod push;
 pub mod topic;
 pub mod txn;
 
 use std::time::Duration;
 
+use ferry_protocol::push::PushAction;
 use ferry_protocol::{ClientKind, ClusterClient, ClusterOptions, ConnectOptions};
 
 use crate::cli::{Cli, ClusterCommand, Command, TopicCommand, TxnCommand};
 use crate::cmd::dlq::DlqCommand;
 use crate::cmd::group::GroupCommand;
 use crate::cmd::outbox::OutboxCommand;
+use crate::cmd::push::PushCommand;
 use crate::output::Format;
 
 /// Client identity in handshakes.
@@ -94,5 +97,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(OutboxCommand::Migrate(args)) => outbox::migrate(&ctx, &args).await,
         Command::Outbox(OutboxCommand::Relay(args)) => outbox::relay(&ctx, &args).await,
         Command::Outbox(OutboxCommand::Status(args)) => outbox::status(&ctx, &args).await,
+        Command::Push(PushCommand::Create(args)) => push::create(&ctx, &args).await,
+        Command::Push(PushCommand::List) => push::list(&ctx).await,
+        Command::Push(PushCommand::Describe { name }) => push::describe(&ctx, &name).await,
+        Command::Push(PushCommand::Pause { name }) => {
+            push::alter(&ctx, &name, PushAction::Pause).await
+        }
+        Command::Push(PushCommand::Resume { name }) => {
+            push::alter(&ctx, &name, PushAction::Resume).await
+        }
+        Command::Push(PushCommand::Delete { name }) => {
+            push::alter(&ctx, &name, PushAction::Delete).await
+        }
+        Command::Push(PushCommand::RotateSecret(args)) => push::rotate_secret(&ctx, &args).await,
+        Command::Push(PushCommand::Failed(args)) => push::failed(&ctx, &args).await,
+        Command::Push(PushCommand::Replay(args)) => push::replay(&ctx, &args).await,
     }
 }

@@ -8,7 +8,7 @@ use ferry_protocol::group::{headers, retry_topic};
 use ferry_protocol::{Offset, PartitionIndex, Record};
 use serde::Serialize;
 
-use crate::output::{format_bytes, format_timestamp_ms, printable, text_or_base64, Table};
+use crate::output::{format_bytes, format_timestamp_ms, printable, shorten, text_or_base64, Table};
 
 /// Characters of the last error shown in the `list` table (JSON has it whole).
 const LAST_ERROR_CHARS_MAX: usize = 80;
@@ -80,16 +80,6 @@ impl LetterRow {
             (None, ..) => "-".into(),
         }
     }
-}
-
-/// `text` cut to `chars_max` characters, with `…` when cut.
-fn shorten(text: &str, chars_max: usize) -> String {
-    if text.chars().count() <= chars_max {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(chars_max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// The `list` table: one row per dead letter; `with_payload` adds the value as text.
