@@ -11,6 +11,7 @@
 //! ferry-bench consume --group g1 --concurrency 3 --nack-ratio 0.1   # as consumer group members
 //! ferry-bench e2e --partitions 4 --count 100000 --rate 10000           # send -> receipt latency
 //! ferry-bench txn --partitions 4 --count 20000 --transactions-in-flight 64  # half -> commit
+//! ferry-bench push --messages 50000 --concurrency 64     # webhook deliveries to a local receiver
 //! ferry-bench produce --system nats --nats-url nats://127.0.0.1:4222 --partitions 4 --replicas 3
 //! ```
 //!
@@ -28,6 +29,7 @@ pub mod group;
 pub mod nats;
 pub mod outbox;
 pub mod payload;
+pub mod push;
 pub mod report;
 pub mod txn;
 pub mod workload;

@@ -41,6 +41,21 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // `ferry-bench push ...` too.
+    if std::env::args().nth(1).as_deref() == Some("push") {
+        let args = ferry_bench::push::PushArgs::parse_from(
+            std::env::args().enumerate().filter(|(i, _)| *i != 1).map(|(_, a)| a),
+        );
+        init_logging();
+        return match ferry_bench::push::run(&args).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = Args::parse();
     let result = match ferry_bench::run(&args).await {
         Ok(result) => result,
