@@ -21,8 +21,14 @@ use crate::handlers::Context;
 /// How often the supervisor compares running workers with the subscriptions.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(200);
 
+/// How long a stopping broker waits for its workers' in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 struct Running {
     sub_id: u64,
+    /// Creation time of the topic the worker reads: a topic deleted and created again under
+    /// the same name has new partitions, so its worker starts over.
+    topic_created_ms: u64,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -71,14 +77,22 @@ pub async fn run_supervisor(ctx: Arc<Context>, shutdown: CancellationToken) {
         ctx.metrics.push.failed.reset();
         ctx.metrics.push.lag.reset();
         for sub in &subs {
-            let wanted = sub.status == SubscriptionStatus::Active
-                && state.topics(std::slice::from_ref(&sub.topic)).is_ok();
+            let topic_created_ms = state
+                .topics(std::slice::from_ref(&sub.topic))
+                .ok()
+                .and_then(|t| t.first().map(|t| t.created_ms));
+            let wanted = sub.status == SubscriptionStatus::Active && topic_created_ms.is_some();
+            let topic_created_ms = topic_created_ms.unwrap_or(0);
             if sub.status == SubscriptionStatus::Disabled || sub.retrying > 0 {
                 failing += 1;
             }
             publish_gauges(&ctx, sub);
             match running.get(&sub.name) {
-                Some(r) if r.sub_id == sub.id && wanted && !r.stop.is_cancelled() => {}
+                Some(r)
+                    if r.sub_id == sub.id
+                        && r.topic_created_ms == topic_created_ms
+                        && wanted
+                        && !r.stop.is_cancelled() => {}
                 Some(r) => r.stop.cancel(),
                 None if wanted => {
                     let stop = shutdown.child_token();
@@ -88,7 +102,8 @@ pub async fn run_supervisor(ctx: Arc<Context>, shutdown: CancellationToken) {
                         sub.id,
                         stop.clone(),
                     ));
-                    running.insert(sub.name.clone(), Running { sub_id: sub.id, stop, task });
+                    let r = Running { sub_id: sub.id, topic_created_ms, stop, task };
+                    running.insert(sub.name.clone(), r);
                 }
                 None => {}
             }
@@ -100,11 +115,16 @@ pub async fn run_supervisor(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
         ctx.metrics.push.subscriptions_failing.set(failing);
     }
+    // Shutdown: in-flight requests get a moment to finish and be recorded; whatever is still
+    // running then is cut off (its messages count as in flight and are sent again).
     for r in running.values() {
         r.stop.cancel();
     }
     for (_, r) in running {
-        let _ = r.task.await;
+        let abort = r.task.abort_handle();
+        if tokio::time::timeout(SHUTDOWN_GRACE, r.task).await.is_err() {
+            abort.abort();
+        }
     }
 }
 

@@ -189,7 +189,9 @@ impl Worker {
                     }
                     _ => draining = true,
                 }
-                if stop.is_cancelled() {
+                // A deposed leader stops starting requests at once, not at the supervisor's
+                // next tick: the new leader sends from the replicated positions.
+                if stop.is_cancelled() || !self.ctx.replica.is_leader() {
                     draining = true;
                 }
             }
@@ -231,9 +233,12 @@ impl Worker {
             if draining && tasks.is_empty() && results.is_empty() && flush.is_none() {
                 return Ok(());
             }
+            // Wake when the earliest retry falls due. One due already (held back by the scan
+            // pace, or in flight) is picked up on the next scan, not by spinning.
             let (wait, next_due) = if self.sub.retrying > 0 {
                 let next = state.push_next_due(self.sub_id).map_err(|e| e.to_string())?;
-                (DUE_SCAN_EVERY, next.unwrap_or(u64::MAX))
+                let now = self.ctx.config.clock.now_ms();
+                (DUE_SCAN_EVERY, next.filter(|due| *due > now).unwrap_or(u64::MAX))
             } else {
                 (IDLE_WAIT, u64::MAX)
             };
@@ -257,6 +262,9 @@ impl Worker {
                 joined = async { flush.as_mut().expect("guarded").await }, if flush.is_some() => {
                     flush = None;
                     match joined {
+                        Ok((Ok(CommandResponse::Rejected { message, .. }), _)) => {
+                            return Err(format!("results refused: {message}"))
+                        }
                         Ok((Ok(_), keys)) => {
                             for k in keys {
                                 self.unsettled.remove(&k);

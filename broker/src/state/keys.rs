@@ -1,4 +1,7 @@
 //! Key layouts of the state column families. Every layout is drawn above its encoder.
+//!
+//! Prefixes taken elsewhere (drawn in their modules): state CF `[0x06]` and `[0x13]`, txn CF
+//! `[0x07]` and `[0x08]` by push subscriptions (`state::push`).
 
 use ferry_protocol::wire::{DecodeError, DecodeResult};
 
