@@ -616,10 +616,35 @@ async fn a_leader_kill_during_delivery_loses_nothing() {
         all.len(),
         repeated.len()
     );
-    let s = client.call(&ListPushRequest { name: "kill".into() }).await.unwrap();
-    let s = &s.subscriptions[0];
+    let s = wait_for("every result recorded", || async {
+        let mut list = client.call(&ListPushRequest { name: "kill".into() }).await.ok()?;
+        let s = list.subscriptions.pop()?;
+        let total: u64 = s.partitions.iter().map(|p| p.cursor).sum();
+        (total as usize == MESSAGES).then_some(s)
+    })
+    .await;
     assert_eq!((s.retrying, s.failed), (0, 0));
-    let total: u64 = s.partitions.iter().map(|p| p.cursor).sum();
-    assert_eq!(total as usize, MESSAGES);
+
+    // The killed node comes back from its own data and the log, and knows all of it: its
+    // reconciliation API (any node answers) calls every message delivered.
     cluster.restart(old);
+    cluster.wait_caught_up().await;
+    let admin: std::net::SocketAddr = cluster.node(old).admin_addr.parse().unwrap();
+    let mut cursor = String::new();
+    let mut delivered = 0;
+    loop {
+        let path = format!("/push/subscriptions/kill/messages?limit=1000&cursor={cursor}");
+        let (code, body) = http_get(admin, &path, Some(&sub.secret)).await;
+        assert_eq!(code, 200, "{body}");
+        let page: Page = serde_json::from_str(&body).unwrap();
+        for m in &page.messages {
+            assert_eq!(m["state"], "delivered", "{m}");
+            delivered += 1;
+        }
+        cursor = page.next_cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(delivered, MESSAGES);
 }
