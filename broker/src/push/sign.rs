@@ -90,6 +90,15 @@ mod tests {
         assert_eq!(secret_key(&a).unwrap().len(), GENERATED_KEY_BYTES);
     }
 
+    /// The example published with the Standard Webhooks reference libraries.
+    #[test]
+    fn signs_the_standard_webhooks_example() {
+        let signer = Signer::new(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
+        let sig =
+            signer.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
     #[test]
     fn bad_secrets_are_refused() {
         assert!(secret_key("abc").is_err());
