@@ -10,6 +10,7 @@ mod groups;
 mod harness;
 mod membership;
 mod push;
+mod receiver;
 mod single;
 mod txn;
 mod webhook;

@@ -19,7 +19,8 @@ use ferry_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{batch_of, wait_for, Cluster};
-use crate::webhook::{self, Reply};
+use crate::receiver::{self, Reply};
+use crate::webhook;
 
 /// The manual clock's start: 2023-11-14T22:13:20Z.
 const T0_MS: u64 = 1_700_000_000_000;
@@ -64,12 +65,12 @@ async fn produce(conn: &Connection, topic: &str, partition: u32, values: &[&str]
 }
 
 /// Requests the receiver got for `id`.
-fn attempts_of(rx: &webhook::Receiver, id: &str) -> Vec<webhook::Request> {
+fn attempts_of(rx: &receiver::Receiver, id: &str) -> Vec<receiver::Request> {
     rx.requests().into_iter().filter(|r| r.id == id).collect()
 }
 
 /// Waits until `id` was received `n` times.
-async fn wait_attempts(rx: &webhook::Receiver, id: &str, n: usize) -> Vec<webhook::Request> {
+async fn wait_attempts(rx: &receiver::Receiver, id: &str, n: usize) -> Vec<receiver::Request> {
     wait_for(&format!("attempt {n} of {id}"), || async {
         let got = attempts_of(rx, id);
         (got.len() >= n).then_some(got)
@@ -78,12 +79,12 @@ async fn wait_attempts(rx: &webhook::Receiver, id: &str, n: usize) -> Vec<webhoo
 }
 
 /// Lets the broker run for a while and checks `id` got no further attempt.
-async fn assert_no_new_attempt(rx: &webhook::Receiver, id: &str, have: usize) {
+async fn assert_no_new_attempt(rx: &receiver::Receiver, id: &str, have: usize) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(attempts_of(rx, id).len(), have, "{id} was sent again too early");
 }
 
-fn header<'a>(r: &'a webhook::Request, name: &str) -> Option<&'a str> {
+fn header<'a>(r: &'a receiver::Request, name: &str) -> Option<&'a str> {
     r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
@@ -121,7 +122,7 @@ async fn deliveries_are_signed_and_retries_follow_the_schedule() {
     let conn = &node.conn;
     conn.call(&CreateTopicRequest { name: "orders".into(), partitions: 1 }).await.unwrap();
     // The first message fails three times, the others are accepted at once.
-    let rx = webhook::start(|r| {
+    let rx = receiver::start(|r| {
         if r.id.ends_with(".0.0") && r.attempt <= 3 {
             Reply::Status(500)
         } else {
@@ -245,7 +246,7 @@ async fn timeouts_retry_after_exhaustion_replay_and_gone() {
     let node = start_manual().await;
     let conn = &node.conn;
     conn.call(&CreateTopicRequest { name: "t".into(), partitions: 1 }).await.unwrap();
-    let rx = webhook::start(|r| match (&r.body[..], r.attempt) {
+    let rx = receiver::start(|r| match (&r.body[..], r.attempt) {
         (b"hang", 1) => Reply::Hang(Duration::from_secs(3)),
         (b"later", 1) => Reply::RetryAfter(503, 120),
         (b"never", _) => Reply::Status(500),
@@ -446,7 +447,7 @@ async fn a_receiver_that_missed_messages_recovers_them_through_reconciliation() 
     // The receiver acknowledges everything but loses every third message (a crash after the
     // answer), and one message keeps failing.
     let rx =
-        webhook::start(|r| if &r.body[..] == b"p1-m4" { Reply::Status(503) } else { Reply::Ok })
+        receiver::start(|r| if &r.body[..] == b"p1-m4" { Reply::Status(503) } else { Reply::Ok })
             .await;
     let sub = conn
         .call(&CreatePushRequest {
@@ -552,7 +553,7 @@ async fn a_leader_kill_during_delivery_loses_nothing() {
     .unwrap();
     client.call(&CreateTopicRequest { name: "k".into(), partitions: 2 }).await.unwrap();
     // A receiver that takes a few ms per request keeps requests in flight.
-    let rx = webhook::start(|_| Reply::Hang(Duration::from_millis(10))).await;
+    let rx = receiver::start(|_| Reply::Hang(Duration::from_millis(10))).await;
     let sub = client
         .call(&CreatePushRequest {
             name: "kill".into(),
