@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use ferry_protocol::push::{
     message_id, parse_message_id, validate_subscription_name, AlterPushRequest, CreatePushRequest,
     PushAction, ReplayPushRequest, SCHEDULE_STEPS_MAX, SECRET_PREFIX, URL_BYTES_MAX,
@@ -16,7 +18,6 @@ use ferry_protocol::push::{
 use super::{PushCreateArgs, PushReplayArgs, PushRotateArgs};
 use crate::cmd::group::parse_time;
 use crate::duration::{format_duration_exact, parse_duration, parse_duration_or_days};
-use crate::output::decode_base64;
 
 /// Fewest key bytes in a signing secret (Standard Webhooks: 24 to 64).
 pub const SECRET_KEY_BYTES_MIN: usize = 24;
@@ -147,7 +148,8 @@ pub fn parse_secret(text: &str) -> Result<String, String> {
     let Some(key) = text.strip_prefix(SECRET_PREFIX) else {
         return Err(format!("a signing secret starts with {SECRET_PREFIX}"));
     };
-    let Some(bytes) = decode_base64(key) else {
+    // The broker decodes with the same engine: strict padding, canonical trailing bits.
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(key) else {
         return Err(format!(
             "the part after {SECRET_PREFIX} is not standard base64 (A-Z a-z 0-9 + /, padded \
              with = to a multiple of 4 characters)"
