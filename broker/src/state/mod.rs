@@ -339,7 +339,7 @@ impl Applier {
             delayed_overlay: HashMap::new(),
             offsets_overlay: Vec::new(),
             dedup_ids_overlay: HashMap::new(),
-            push_overlay: HashMap::new(),
+            push_overlay: push::PushOverlay::default(),
         })
     }
 

@@ -17,8 +17,12 @@ use crate::state::{corrupt, rejected, Applier, Changes, StateError};
 
 impl Applier {
     fn delivery(&self, key: &[u8]) -> Result<Option<DeliveryRecord>, StateError> {
-        if let Some(v) = self.push_overlay.get(key) {
+        if let Some(v) = self.push_overlay.records.get(key) {
             return Ok(v.clone());
+        }
+        let sub_id = key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        if sub_id.is_some_and(|id| self.push_overlay.forgotten.contains(&id)) {
+            return Ok(None);
         }
         match self.store.get(Cf::Txn, key)? {
             Some(v) => DeliveryRecord::decode(v).map(Some).map_err(corrupt),
@@ -28,12 +32,12 @@ impl Applier {
 
     fn put_delivery(&mut self, key: Vec<u8>, record: DeliveryRecord, batch: &mut WriteBatch) {
         batch.put(Cf::Txn, key.clone(), record.encode());
-        self.push_overlay.insert(key, Some(record));
+        self.push_overlay.records.insert(key, Some(record));
     }
 
     fn delete_delivery(&mut self, key: Vec<u8>, batch: &mut WriteBatch) {
         batch.delete(Cf::Txn, key.clone());
-        self.push_overlay.insert(key, None);
+        self.push_overlay.records.insert(key, None);
     }
 
     fn save_sub(&mut self, name: &str, batch: &mut WriteBatch, changes: &mut Changes) {
@@ -49,7 +53,9 @@ impl Applier {
             let (start, end) = sub_range(prefix, id);
             batch.delete_range(Cf::Txn, start, end);
         }
-        self.push_overlay.retain(|k, _| k.get(1..9) != Some(&id.to_be_bytes()[..]));
+        // Later reads in this apply call must not find the store's (still undeleted) records.
+        self.push_overlay.records.retain(|k, _| k.get(1..9) != Some(&id.to_be_bytes()[..]));
+        self.push_overlay.forgotten.insert(id);
     }
 
     /// Subscriptions of a deleted topic start over (a new topic of that name starts at 0).

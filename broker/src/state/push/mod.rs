@@ -27,7 +27,7 @@
 //! worker's results name the due time they acted on, so a result that no longer matches the
 //! record (the message was replayed or the subscription recreated meanwhile) changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -507,5 +507,19 @@ impl SharedState {
 /// Subscriptions as the applier keeps them (loaded at open).
 pub(super) type PushMeta = BTreeMap<String, SubRecord>;
 
-/// Delivery records written by the current apply call (`None`: deleted).
-pub(super) type PushOverlay = HashMap<Vec<u8>, Option<DeliveryRecord>>;
+/// What the current apply call wrote and the store does not show yet: delivery records by
+/// key (`None`: deleted), and subscriptions whose records were all range-deleted (reads of
+/// those fall through to nothing, not to the store, unless written again since).
+#[derive(Debug, Default)]
+pub(super) struct PushOverlay {
+    records: HashMap<Vec<u8>, Option<DeliveryRecord>>,
+    forgotten: HashSet<u64>,
+}
+
+impl PushOverlay {
+    /// Forgets everything (the batch holding it was written).
+    pub(super) fn clear(&mut self) {
+        self.records.clear();
+        self.forgotten.clear();
+    }
+}

@@ -118,6 +118,7 @@ fn apply_grouped(commands: &[Command], cuts: &[usize]) -> Vec<(Cf, Bytes, Bytes)
 /// state comes out the same: what one command writes, the next one in the same call reads.
 #[test]
 fn push_state_does_not_depend_on_how_commands_are_grouped() {
+    let mut with_records = 0;
     for seed in 0..30u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut sub = sample_sub();
@@ -130,6 +131,16 @@ fn push_state_does_not_depend_on_how_commands_are_grouped() {
             let p = rng.u32(0..2);
             let o = rng.u64(0..12);
             let stamped_ms = 100 + step;
+            if rng.u8(0..12) == 0 {
+                // The topic goes and comes back: the subscription's records are dropped with a
+                // range delete, which later commands of the same call must see.
+                commands.push(Command::DeleteTopic { name: "t".into() });
+                commands.push(Command::CreateTopic {
+                    name: "t".into(),
+                    partitions: 2,
+                    created_ms: stamped_ms,
+                });
+            }
             let command = match rng.u8(0..10) {
                 0 => PushCommand::Replay {
                     name: "s".into(),
@@ -168,12 +179,17 @@ fn push_state_does_not_depend_on_how_commands_are_grouped() {
         }
         let one_per_call: Vec<usize> = (1..commands.len()).collect();
         let want = apply_grouped(&commands, &one_per_call);
-        assert!(want.iter().any(|(cf, _, _)| *cf == Cf::Txn), "seed {seed}: some records");
+        if want.iter().any(|(cf, _, _)| *cf == Cf::Txn) {
+            with_records += 1;
+        }
         let mut cuts: Vec<usize> = (1..commands.len()).filter(|_| rng.u8(0..4) == 0).collect();
         cuts.dedup();
         assert_eq!(apply_grouped(&commands, &cuts), want, "seed {seed}, cuts {cuts:?}");
         assert_eq!(apply_grouped(&commands, &[]), want, "seed {seed}, one call");
     }
+    // A topic deleted near the end may leave a run with no records; most must have some, or
+    // the comparisons above compare nothing.
+    assert!(with_records >= 20, "only {with_records} of 30 runs left delivery records");
 }
 
 #[test]
