@@ -30,13 +30,7 @@ pub const DEAD_LETTER_TOPIC_PREFIX: &str = "__dlq.";
 /// Checks a consumer group name: 1..=100 chars of `[A-Za-z0-9_-]` (no dot, so the retry topic
 /// name `__retry.<group>.<topic>` reads back unambiguously).
 pub fn validate_group_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > GROUP_NAME_BYTES_MAX {
-        return Err(format!("group name must be 1..={GROUP_NAME_BYTES_MAX} bytes"));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_-".contains(*c))) {
-        return Err(format!("group name may only hold [A-Za-z0-9_-], found {c:?}"));
-    }
-    Ok(())
+    crate::types::validate_name("group name", name, GROUP_NAME_BYTES_MAX, "_-")
 }
 
 /// The topic holding `group`'s redeliveries of messages from `topic`; it has as many

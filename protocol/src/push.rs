@@ -29,13 +29,7 @@ pub const SECRET_PREFIX: &str = "whsec_";
 /// Checks a subscription name: 1..=100 chars of `[A-Za-z0-9_-]` (no dot, so a webhook id
 /// `<name>.<partition>.<offset>` reads back unambiguously).
 pub fn validate_subscription_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > SUBSCRIPTION_NAME_BYTES_MAX {
-        return Err(format!("subscription name must be 1..={SUBSCRIPTION_NAME_BYTES_MAX} bytes"));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_-".contains(*c))) {
-        return Err(format!("subscription name may only hold [A-Za-z0-9_-], found {c:?}"));
-    }
-    Ok(())
+    crate::types::validate_name("subscription name", name, SUBSCRIPTION_NAME_BYTES_MAX, "_-")
 }
 
 /// The webhook id of a message: stable across retries and replays.

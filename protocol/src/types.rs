@@ -180,3 +180,16 @@ impl Offset {
         Offset(self.0.saturating_add(1))
     }
 }
+
+/// Checks a name of 1..=`max` bytes made of ASCII letters, digits and the characters in
+/// `punctuation`; `what` names it in the error ("group name", "subscription name").
+pub fn validate_name(what: &str, name: &str, max: usize, punctuation: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!("{what} must be 1..={max} bytes"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || punctuation.contains(*c)))
+    {
+        return Err(format!("{what} may only hold [A-Za-z0-9{punctuation}], found {c:?}"));
+    }
+    Ok(())
+}

@@ -35,13 +35,7 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// Checks a topic name: 1..=249 chars of `[A-Za-z0-9._-]`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!("topic name must be 1..={TOPIC_NAME_BYTES_MAX} bytes"));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
-        return Err(format!("topic name may only hold [A-Za-z0-9._-], found {c:?}"));
-    }
-    Ok(())
+    ferry_protocol::types::validate_name("topic name", name, TOPIC_NAME_BYTES_MAX, "._-")
 }
 
 /// A topic's durable description.
