@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use ferry_protocol::push::{
     validate_subscription_name, AlterPushRequest, CreatePushRequest, ListPushFailedRequest,
-    ListPushFailedResponse, ListPushRequest, ListPushResponse, PartitionProgress, PushAction,
-    PushDelivery, PushSubscription, ReplayPushRequest, ReplayPushResponse, SubscriptionStatus,
+    ListPushFailedResponse, ListPushRequest, ListPushResponse, PushAction, PushDelivery,
+    PushSubscription, ReplayPushRequest, ReplayPushResponse, SubscriptionStatus,
     DEFAULT_SCHEDULE_MS, SCHEDULE_STEPS_MAX, URL_BYTES_MAX,
 };
 use ferry_protocol::{Encode, ErrorCode};
@@ -80,31 +80,7 @@ pub fn describe(
     with_secret: bool,
     with_partitions: bool,
 ) -> PushSubscription {
-    let partitions = if with_partitions {
-        ctx.replica
-            .state()
-            .topics(std::slice::from_ref(&sub.topic))
-            .ok()
-            .and_then(|t| t.into_iter().next())
-            .map(|t| {
-                t.partitions
-                    .iter()
-                    .map(|p| {
-                        let c = sub.cursors.get(&p.index.0);
-                        PartitionProgress {
-                            partition: p.index.0,
-                            cursor: c.map_or(0, |c| c.next),
-                            high_watermark: p.high_watermark.0,
-                            settled_above: c
-                                .map_or(0, |c| u32::try_from(c.settled.len()).unwrap_or(u32::MAX)),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let partitions = if with_partitions { crate::push::progress(ctx, sub) } else { Vec::new() };
     PushSubscription {
         name: sub.name.clone(),
         topic: sub.topic.clone(),
@@ -126,6 +102,25 @@ pub fn describe(
         retrying: sub.retrying,
         failed: sub.failed,
         partitions,
+    }
+}
+
+/// `value`, or `default` when it is 0; a value outside `range` is refused.
+fn or_default(
+    value: u32,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    what: &str,
+    unit: &str,
+) -> Result<u32, ReplicaError> {
+    match value {
+        0 => Ok(default),
+        v if range.contains(&v) => Ok(v),
+        v => Err(invalid(format!(
+            "{what} {v}{unit} is outside {}..={}{unit}",
+            range.start(),
+            range.end()
+        ))),
     }
 }
 
@@ -161,28 +156,10 @@ pub(crate) async fn create(ctx: &Context, req: CreatePushRequest) -> HandlerResu
         n if n <= ATTEMPTS_MAX => n,
         n => return Err(invalid(format!("max attempts {n} is above {ATTEMPTS_MAX}"))),
     };
-    let timeout_ms = match req.timeout_ms {
-        0 => TIMEOUT_DEFAULT_MS,
-        t if TIMEOUT_RANGE.contains(&t) => t,
-        t => {
-            return Err(invalid(format!(
-                "timeout {t} ms is outside {}..={} ms",
-                TIMEOUT_RANGE.start(),
-                TIMEOUT_RANGE.end()
-            )))
-        }
-    };
-    let concurrency = match req.concurrency {
-        0 => CONCURRENCY_DEFAULT,
-        c if CONCURRENCY_RANGE.contains(&c) => c,
-        c => {
-            return Err(invalid(format!(
-                "concurrency {c} is outside {}..={}",
-                CONCURRENCY_RANGE.start(),
-                CONCURRENCY_RANGE.end()
-            )))
-        }
-    };
+    let timeout_ms =
+        or_default(req.timeout_ms, TIMEOUT_DEFAULT_MS, TIMEOUT_RANGE, "timeout", " ms")?;
+    let concurrency =
+        or_default(req.concurrency, CONCURRENCY_DEFAULT, CONCURRENCY_RANGE, "concurrency", "")?;
     let state = ctx.replica.state().clone();
     state.topics(std::slice::from_ref(&req.topic))?;
     if state.push_subscription(&req.name).is_some() {

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::push::SubscriptionStatus;
+use ferry_protocol::push::{PartitionProgress, SubscriptionStatus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::Context;
+use crate::state::push::SubRecord;
 
 /// How often the supervisor compares running workers with the subscriptions.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(200);
@@ -128,28 +129,37 @@ pub async fn run_supervisor(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-fn publish_gauges(ctx: &Context, sub: &crate::state::push::SubRecord) {
+fn publish_gauges(ctx: &Context, sub: &SubRecord) {
     let m = &ctx.metrics.push;
     let label = [sub.name.as_str()];
     m.retrying.with_label_values(&label).set(i64::try_from(sub.retrying).unwrap_or(i64::MAX));
     m.failed.with_label_values(&label).set(i64::try_from(sub.failed).unwrap_or(i64::MAX));
-    let lag = ctx
-        .replica
-        .state()
-        .topics(std::slice::from_ref(&sub.topic))
-        .ok()
-        .and_then(|t| t.into_iter().next())
-        .map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| {
-                    let cursor = sub.cursors.get(&p.index.0);
-                    let next = cursor.map_or(0, |c| c.next);
-                    let settled = cursor.map_or(0, |c| c.settled.len() as u64);
-                    p.high_watermark.0.saturating_sub(next).saturating_sub(settled)
-                })
-                .sum::<u64>()
+    let lag: u64 = progress(ctx, sub)
+        .iter()
+        .map(|p| {
+            p.high_watermark.saturating_sub(p.cursor).saturating_sub(u64::from(p.settled_above))
         })
-        .unwrap_or(0);
+        .sum();
     m.lag.with_label_values(&label).set(i64::try_from(lag).unwrap_or(i64::MAX));
+}
+
+/// Where `sub` stands in each partition of its topic (none when the topic is gone).
+pub fn progress(ctx: &Context, sub: &SubRecord) -> Vec<PartitionProgress> {
+    let Ok(topics) = ctx.replica.state().topics(std::slice::from_ref(&sub.topic)) else {
+        return Vec::new();
+    };
+    let Some(topic) = topics.into_iter().next() else { return Vec::new() };
+    topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let c = sub.cursors.get(&p.index.0);
+            PartitionProgress {
+                partition: p.index.0,
+                cursor: c.map_or(0, |c| c.next),
+                high_watermark: p.high_watermark.0,
+                settled_above: c.map_or(0, |c| u32::try_from(c.settled.len()).unwrap_or(u32::MAX)),
+            }
+        })
+        .collect()
 }
