@@ -235,7 +235,9 @@ impl Worker {
             }
             // Wake when the earliest retry falls due. One due already (held back by the scan
             // pace, or in flight) is picked up on the next scan, not by spinning.
-            let (wait, next_due) = if self.sub.retrying > 0 {
+            // With every slot busy a finished request wakes the loop first: no index read.
+            let slot_free = tasks.len() < self.sub.concurrency.max(1) as usize;
+            let (wait, next_due) = if self.sub.retrying > 0 && slot_free && !draining {
                 let next = state.push_next_due(self.sub_id).map_err(|e| e.to_string())?;
                 let now = self.ctx.config.clock.now_ms();
                 (DUE_SCAN_EVERY, next.filter(|due| *due > now).unwrap_or(u64::MAX))
@@ -287,7 +289,7 @@ impl Worker {
     fn refresh_signer(&mut self) {
         let now = self.ctx.config.clock.now_ms();
         let secrets = self.sub.signing_secrets(now);
-        if secrets != self.signer.0.iter().map(String::as_str).collect::<Vec<_>>() {
+        if !secrets.iter().copied().eq(self.signer.0.iter().map(String::as_str)) {
             let owned: Vec<String> = secrets.into_iter().map(str::to_string).collect();
             self.signer = (owned.clone(), Signer::new(owned.iter().map(String::as_str)));
         }
