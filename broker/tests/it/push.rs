@@ -16,9 +16,8 @@ use ferry_protocol::{
     ClientKind, ClusterClient, ClusterOptions, ConnectOptions, Connection, ErrorCode,
     PartitionIndex,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{batch_of, wait_for, Cluster};
+use crate::harness::{batch_of, http_get, wait_for, Cluster};
 use crate::receiver::{self, Reply};
 use crate::webhook;
 
@@ -95,19 +94,6 @@ async fn describe(conn: &Connection, name: &str) -> PushSubscription {
 
 async fn metrics(node: &Node) -> String {
     http_get(node.broker.admin_addr().unwrap(), "/metrics", None).await.1
-}
-
-/// A GET with an optional bearer token; (status, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
 }
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -9,7 +9,6 @@ use ferry_protocol::{
     ApiKey, ClientError, ClientKind, ConnectOptions, Connection, ErrorCode, Offset, PartitionIndex,
     RecordBatch,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start() -> (Broker, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -41,14 +40,7 @@ async fn connect(broker: &Broker) -> Connection {
 use crate::harness::batch_of as batch;
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
+    crate::harness::http_get(addr, path, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
